@@ -1,0 +1,1 @@
+"""tgkit: export and analyse Telegram data from Jupyter."""

@@ -1,0 +1,147 @@
+"""One exception tree for tgkit, and the single boundary that translates Telethon's errors.
+
+Everything tgkit raises on purpose is a :class:`TgkitError`.  Telethon errors are translated in
+:func:`translate_telethon_error` only, always chained (``raise ... from exc``) so the original stays
+inspectable as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AuthError",
+    "CacheError",
+    "ConfigError",
+    "EncoderUnavailable",
+    "ExportError",
+    "FloodWaitTooLong",
+    "HardwareError",
+    "PeerNotFound",
+    "TelegramError",
+    "TgkitError",
+    "translate_telethon_error",
+]
+
+
+class TgkitError(Exception):
+    """Base class of every error tgkit raises on purpose."""
+
+
+class ConfigError(TgkitError):
+    """A missing or invalid setting (api id/hash, session, an option)."""
+
+
+class TelegramError(TgkitError):
+    """Telegram refused a request; ``.peer`` names the chat involved (if any)."""
+
+    def __init__(self, message: str, *, peer: Any = None) -> None:
+        super().__init__(message)
+        self.peer = peer
+
+
+class AuthError(TelegramError):
+    """The session is not authorised, or the key was revoked."""
+
+
+class PeerNotFound(TelegramError):
+    """A username, link or id that does not resolve to a chat."""
+
+
+class FloodWaitTooLong(TelegramError):
+    """Telegram asked for a wait longer than the configured ceiling."""
+
+    def __init__(self, message: str, *, seconds: int, peer: Any = None, checkpoint: Path | None = None):
+        super().__init__(message, peer=peer)
+        self.seconds = seconds
+        self.checkpoint = checkpoint
+
+
+class ExportError(TgkitError):
+    """An export stopped; ``.checkpoint`` is where a rerun resumes from."""
+
+    def __init__(self, message: str, *, checkpoint: Path | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+class CacheError(TgkitError):
+    """An unreadable, corrupt or wrong-version cache, checkpoint or state file."""
+
+
+class HardwareError(TgkitError):
+    """Hardware probing or transcoding failed."""
+
+
+class EncoderUnavailable(HardwareError):
+    """A hardware encoder was required but none works (``encoder="auto"`` falls back instead)."""
+
+
+# RPC error names that mean "this peer / access hash is wrong or gone".
+_PEER_ERRORS = frozenset(
+    {
+        "USERNAME_NOT_OCCUPIED",
+        "USERNAME_INVALID",
+        "PEER_ID_INVALID",
+        "CHANNEL_INVALID",
+        "CHANNEL_PRIVATE",
+        "CHAT_ID_INVALID",
+        "INVITE_HASH_INVALID",
+        "INVITE_HASH_EXPIRED",
+    }
+)
+_AUTH_ERRORS = frozenset(
+    {
+        "AUTH_KEY_UNREGISTERED",
+        "AUTH_KEY_INVALID",
+        "SESSION_REVOKED",
+        "SESSION_EXPIRED",
+        "USER_DEACTIVATED",
+        "USER_DEACTIVATED_BAN",
+        "AUTH_KEY_DUPLICATED",
+    }
+)
+
+
+def rpc_name(exc: BaseException) -> str | None:
+    """The RPC error name (``FLOOD_WAIT``, ``CHANNEL_INVALID`` ...) of a Telethon error, if any."""
+    from telethon import errors as tl_errors
+
+    if isinstance(exc, tl_errors.RPCError):
+        msg = getattr(exc, "message", "") or ""
+        # Telethon strips the numeric suffix into .seconds etc.; normalise FLOOD_WAIT_123 -> FLOOD_WAIT
+        base = msg.split("(")[0].strip()
+        parts = base.rsplit("_", 1)
+        return parts[0] if len(parts) == 2 and parts[1].isdigit() else base
+    return None
+
+
+def is_peer_error(exc: BaseException) -> bool:
+    """True when Telegram says the peer or its access hash is invalid (stale cache entries)."""
+    name = rpc_name(exc)
+    return name in _PEER_ERRORS if name else False
+
+
+def translate_telethon_error(exc: BaseException, *, peer: Any = None) -> TgkitError:
+    """Map a Telethon/RPC error to tgkit's tree.  Callers do ``raise translate_telethon_error(e) from e``."""
+    from telethon import errors as tl_errors
+
+    if isinstance(exc, TgkitError):
+        return exc
+    shown = f" ({peer!s})" if peer is not None else ""
+    if isinstance(exc, tl_errors.FloodWaitError):
+        return FloodWaitTooLong(
+            f"Telegram asked to wait {exc.seconds}s{shown}", seconds=int(exc.seconds), peer=peer
+        )
+    name = rpc_name(exc)
+    if name in _PEER_ERRORS:
+        return PeerNotFound(f"Chat not found or not accessible{shown}: {name}", peer=peer)
+    if name in _AUTH_ERRORS or isinstance(exc, tl_errors.UnauthorizedError):
+        return AuthError(f"Not authorised: {name or type(exc).__name__}", peer=peer)
+    if isinstance(exc, ValueError) and "entity" in str(exc).lower():
+        # Telethon raises ValueError("Cannot find any entity corresponding to ...") for unknown peers
+        return PeerNotFound(f"Chat not found{shown}", peer=peer)
+    if name:
+        return TelegramError(f"Telegram error {name}{shown}", peer=peer)
+    return TelegramError(f"{type(exc).__name__}: {exc}{shown}", peer=peer)
