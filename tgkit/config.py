@@ -79,7 +79,11 @@ class Settings:
     ) -> Settings:
         missing = []
         values: dict[str, Any] = {}
-        for name, explicit, cast in (("api_id", api_id, int), ("api_hash", api_hash, str), ("session", session, str)):
+        for name, explicit, cast in (
+            ("api_id", api_id, int),
+            ("api_hash", api_hash, str),
+            ("session", session, str),
+        ):
             try:
                 values[name] = setting(name, explicit, cast=cast)
             except ConfigError as exc:

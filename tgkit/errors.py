@@ -105,16 +105,35 @@ _AUTH_ERRORS = frozenset(
 
 
 def rpc_name(exc: BaseException) -> str | None:
-    """The RPC error name (``FLOOD_WAIT``, ``CHANNEL_INVALID`` ...) of a Telethon error, if any."""
+    """The RPC error name (``FLOOD_WAIT``, ``CHANNEL_INVALID`` ...) of a Telethon error, if any.
+
+    Telethon's specific error classes carry their base class's text in ``.message`` ("BAD_REQUEST"),
+    so the name is looked up by class in Telethon's own tables, with numeric suffixes stripped.
+    """
     from telethon import errors as tl_errors
 
-    if isinstance(exc, tl_errors.RPCError):
-        msg = getattr(exc, "message", "") or ""
-        # Telethon strips the numeric suffix into .seconds etc.; normalise FLOOD_WAIT_123 -> FLOOD_WAIT
-        base = msg.split("(")[0].strip()
-        parts = base.rsplit("_", 1)
-        return parts[0] if len(parts) == 2 and parts[1].isdigit() else base
-    return None
+    if not isinstance(exc, tl_errors.RPCError):
+        return None
+    names = _class_names()
+    name = names.get(type(exc))
+    if name is not None:
+        return name
+    return (getattr(exc, "message", "") or type(exc).__name__).split("(")[0].strip()
+
+
+_CLASS_NAMES: dict[type, str] | None = None
+
+
+def _class_names() -> dict[type, str]:
+    global _CLASS_NAMES
+    if _CLASS_NAMES is None:
+        from telethon.errors import rpcerrorlist
+
+        names = {cls: name for name, cls in rpcerrorlist.rpc_errors_dict.items()}
+        for pattern, cls in rpcerrorlist.rpc_errors_re:
+            names.setdefault(cls, pattern.replace("_(\\d+)", "").replace("(\\d+)", ""))
+        _CLASS_NAMES = names
+    return _CLASS_NAMES
 
 
 def is_peer_error(exc: BaseException) -> bool:

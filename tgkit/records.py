@@ -115,7 +115,9 @@ class ExportedMessage:
     reactions: list[Reaction] | None = None
     reactions_total: int | None = None
     service_action: str | None = None
-    date_naive: bool | None = None  # True when the date was local time without an offset (old Desktop exports)
+    date_naive: bool | None = (
+        None  # True when the date was local time without an offset (old Desktop exports)
+    )
 
 
 @dataclass(slots=True)
@@ -234,7 +236,10 @@ _UTC_US = pa.timestamp("us", tz="UTC")
 def arrow_schema(*, raw: bool = False) -> pa.Schema:
     """The Arrow schema of the dataset (dates as ``timestamp[us, UTC]``), or as built (``raw``: int64)."""
     return pa.schema(
-        [(name, (dtype if raw or name not in DATE_COLUMNS else _UTC_US)) for name, dtype in _RAW_ARROW.items()]
+        [
+            (name, (dtype if raw or name not in DATE_COLUMNS else _UTC_US))
+            for name, dtype in _RAW_ARROW.items()
+        ]
     )
 
 
@@ -281,7 +286,10 @@ class ColumnBatch:
         self.add_entities(
             None
             if rec.entities is None
-            else [(e.type, e.offset, e.length, e.url, e.user_id, e.document_id, e.language) for e in rec.entities]
+            else [
+                (e.type, e.offset, e.length, e.url, e.user_id, e.document_id, e.language)
+                for e in rec.entities
+            ]
         )
         self.add_reactions(
             None if rec.reactions is None else [(r.emoji, r.document_id, r.count) for r in rec.reactions]
@@ -307,7 +315,9 @@ class ColumnBatch:
         return pl.from_arrow(self.to_arrow())  # type: ignore[return-value]
 
 
-def _add_nested(items: Iterable[Sequence[Any]] | None, children: tuple[list[Any], ...], offsets: list[int]) -> None:
+def _add_nested(
+    items: Iterable[Sequence[Any]] | None, children: tuple[list[Any], ...], offsets: list[int]
+) -> None:
     # offsets[0] holds the running total; a null entry is recorded as a negative end offset.
     if items is None:
         offsets.append(-1 - abs(_last(offsets)))
