@@ -5,7 +5,7 @@ for a full-account export, chats nested under ``chats.list`` / ``left_chats.list
 with ijson (C backend) so memory stays flat however large the file, and maps every message onto the one
 schema in :mod:`tgkit.records` (see docs/DESKTOP_IMPORT.md for the field-by-field mapping).
 
-* A single-chat file streams at the C parser's speed (``ijson.items``).  A full-account file goes through
+* A single-chat file is parsed by ijson's C object builder (``ijson.items``).  A full-account file goes through
   ijson's parse events so each message can be tied to its chat without holding a chat in memory; that path
   is about 2x slower (measured, see the doc).
 * A file cut short imports everything complete before the cut; :class:`DesktopTruncatedWarning` says where

@@ -13,10 +13,18 @@ import os
 import re
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 from .errors import TgkitError
 
-__all__ = ["DEFAULT_MAX_NAME_BYTES", "safe_filename", "safe_path"]
+__all__ = [
+    "DEFAULT_MAX_NAME_BYTES",
+    "MEDIA_KINDS",
+    "media_file_name",
+    "normalise_media_kinds",
+    "safe_filename",
+    "safe_path",
+]
 
 # ext4/xfs/btrfs allow 255 bytes per name component; leave room for suffixes tgkit adds
 # (".part" temp files, "-<message id>" prefixes, " (1)" de-duplication).
@@ -91,3 +99,40 @@ def _truncate(text: str, max_bytes: int) -> str:
     budget = max_bytes - len(suffix.encode("utf-8"))
     cut = stem.encode("utf-8")[:budget].decode("utf-8", errors="ignore").rstrip(". ")
     return (cut or "file"[:budget]) + suffix
+
+
+# --------------------------------------------------------------------------------------------------
+# Downloads (called by the export pipeline).
+
+MEDIA_KINDS = ("photo", "video", "document", "audio", "voice", "sticker", "animation", "video_note")
+
+
+def normalise_media_kinds(media: Any) -> frozenset[str]:
+    """``True``/``"all"`` -> every downloadable kind; a string or list of kinds -> those; falsy -> none."""
+    from .errors import ConfigError
+
+    if not media:
+        return frozenset()
+    if media is True or media == "all":
+        return frozenset(MEDIA_KINDS)
+    kinds = {media} if isinstance(media, str) else set(media)
+    unknown = kinds - set(MEDIA_KINDS)
+    if unknown:
+        raise ConfigError(f"unknown media kind(s) {sorted(unknown)}; choose from {', '.join(MEDIA_KINDS)}")
+    return frozenset(kinds)
+
+
+def media_file_name(msg_id: int, media_type: str, file_name: str | None, mime: str | None) -> str:
+    """``<msg id>-<safe original name>``, or ``<msg id>.<ext>`` when Telegram gave no name."""
+    if file_name:
+        # clean the sender's name first, then prefix: the id keeps names unique per chat
+        return f"{msg_id}-{safe_filename(file_name, fallback='file.bin')}"
+    ext = _EXTENSIONS.get(mime or "", _KIND_EXT.get(media_type, "bin"))
+    return f"{msg_id}.{ext}"
+
+
+_EXTENSIONS = {
+    "image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "video/mp4": "mp4", "audio/ogg": "ogg",
+    "audio/mpeg": "mp3", "application/pdf": "pdf", "image/gif": "gif", "video/quicktime": "mov",
+}  # fmt: skip
+_KIND_EXT = {"photo": "jpg", "video": "mp4", "voice": "ogg", "sticker": "webp", "video_note": "mp4"}

@@ -175,6 +175,8 @@ REACTION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Reaction))
 MESSAGE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ExportedMessage))
 DATE_COLUMNS: tuple[str, ...] = ("date", "fwd_date", "edit_date")
 LIST_COLUMNS: tuple[str, ...] = ("entities", "reactions")
+_ENT_INDEX = MESSAGE_COLUMNS.index("entities")
+_RX_INDEX = MESSAGE_COLUMNS.index("reactions")
 
 _ENTITY_ARROW = pa.struct(
     [
@@ -256,11 +258,11 @@ def polars_schema() -> pl.Schema:
 class ColumnBatch:
     """Per-field column lists for messages; ``entities``/``reactions`` as offsets + flat child lists.
 
-    Append a row with :meth:`append` (positional values in ``MESSAGE_COLUMNS`` order, with the two
+    Append a row with :meth:`append_row` (positional values in ``MESSAGE_COLUMNS`` order, with the two
     list columns passed as iterables of tuples in ``ENTITY_FIELDS``/``REACTION_FIELDS`` order, or None).
     """
 
-    __slots__ = ("cols", "ent", "ent_offsets", "n", "rx", "rx_offsets")
+    __slots__ = ("_scalar", "cols", "ent", "ent_offsets", "n", "rx", "rx_offsets")
 
     def __init__(self) -> None:
         self.cols: dict[str, list[Any]] = {name: [] for name in MESSAGE_COLUMNS if name not in LIST_COLUMNS}
@@ -269,6 +271,8 @@ class ColumnBatch:
         self.rx: tuple[list[Any], ...] = tuple([] for _ in REACTION_FIELDS)
         self.rx_offsets: list[int] = [0]
         self.n = 0
+        # (row index, column list) for the scalar columns, in row order: the hot loop of append_row
+        self._scalar = [self.cols[name].append for name in MESSAGE_COLUMNS if name not in LIST_COLUMNS]
 
     def __len__(self) -> int:
         return self.n
@@ -278,6 +282,20 @@ class ColumnBatch:
 
     def add_reactions(self, items: Iterable[Sequence[Any]] | None) -> None:
         _add_nested(items, self.rx, self.rx_offsets)
+
+    def append_row(self, row: Sequence[Any]) -> None:
+        """Append one row tuple in ``MESSAGE_COLUMNS`` order (list columns as lists of tuples or None)."""
+        appends = self._scalar
+        i = 0
+        for j, value in enumerate(row):
+            if j == _ENT_INDEX:
+                _add_nested(value, self.ent, self.ent_offsets)
+            elif j == _RX_INDEX:
+                _add_nested(value, self.rx, self.rx_offsets)
+            else:
+                appends[i](value)
+                i += 1
+        self.n += 1
 
     def add_record(self, rec: ExportedMessage) -> None:
         cols = self.cols

@@ -56,6 +56,7 @@ class OfflineSender:
         if not self.auth_key.key:
             # a real sender runs the DH exchange here; the double just makes a random key
             self.auth_key.key = os.urandom(256)
+            self.server.key_exchanges += 1
             if self._auth_key_callback is not None:
                 await self._auth_key_callback(self.auth_key)
         self._user_connected = True
@@ -112,13 +113,16 @@ class OfflineSender:
             try:
                 answer = self.server.handle(data, self.dc_id)
             except _Disconnect as exc:
-                if exc.hard:
-                    # Telethon gave up reconnecting: pending requests fail with ConnectionError
-                    self._drop(ConnectionError(f"Connection to Telegram failed {5} time(s)"))
-                    if not fut.done():
-                        fut.set_exception(ConnectionError("Connection to Telegram failed 5 time(s)"))
-                    return
-                continue  # Telethon reconnected by itself and sends the request again
+                if not exc.hard:
+                    continue  # Telethon reconnected by itself and sends the request again
+                # Telethon gave up reconnecting: it fails every pending request with its last error
+                error = ConnectionError("Connection to Telegram failed 5 time(s)")
+                self._drop(error)
+                fut.set_exception(error)
+                return
+            except Exception as exc:  # a bug in a handler must surface in the caller, not hang it
+                fut.set_exception(exc)
+                return
             break
         if isinstance(answer, RpcAnswer):
             fut.set_exception(rpc_message_to_error(RpcError(answer.code, answer.message), request))
@@ -130,9 +134,14 @@ class OfflineSender:
 
     def _drop(self, error: BaseException | None) -> None:
         self._user_connected = False
+        # As MTProtoSender._disconnect: pending requests get the error, or are cancelled on a clean close.
         for fut in list(self._pending):
-            if not fut.done():
-                fut.set_exception(error or ConnectionError("Disconnected"))
+            if fut.done():
+                continue
+            if error is None:
+                fut.cancel()
+            else:
+                fut.set_exception(error)
                 fut.exception()  # mark retrieved: nobody may be awaiting it any more
         self._pending.clear()
         if self._disconnected is not None and not self._disconnected.done():

@@ -66,6 +66,7 @@ class CallLog:
 
     counts: Counter = field(default_factory=Counter)
     faults: Counter = field(default_factory=Counter)
+    takeout: Counter = field(default_factory=Counter)  # the requests that arrived in InvokeWithTakeout
     total: int = 0
 
     def count(self, name: str) -> int:
@@ -77,6 +78,7 @@ class CallLog:
     def reset(self) -> None:
         self.counts.clear()
         self.faults.clear()
+        self.takeout.clear()
         self.total = 0
 
 
@@ -101,6 +103,14 @@ class OfflineServer:
         self.takeout_delay = 0  # > 0: InitTakeoutSession answers TAKEOUT_INIT_DELAY_<n>
         self._lock = threading.Lock()
         self.authorized = True  # False: every request but GetConfig answers AUTH_KEY_UNREGISTERED
+        # Auth keys made by senders (a real client runs a DH exchange for each); a session that
+        # carries its key over (StringSession, SQLiteSession) adds none.
+        self.key_exchanges = 0
+
+    @property
+    def takeout_sessions(self) -> frozenset[int]:
+        """Ids of the takeout sessions open now (InitTakeoutSession opens one, Finish closes)."""
+        return frozenset(self._takeouts)
 
     # --------------------------------------------------------------------------------------------
 
@@ -124,6 +134,8 @@ class OfflineServer:
         with self._lock:
             self.call_log.counts[name] += 1
             self.call_log.total += 1
+            if takeout_id is not None:
+                self.call_log.takeout[name] += 1
             self._occurrences[name] += 1
             occurrence = self._occurrences[name]
         fault = self.faults.check(name, occurrence)
@@ -232,8 +244,9 @@ def _get_users(server: OfflineServer, req: Any, dc_id: int) -> list[Any]:
         if isinstance(inp, types.InputUserSelf):
             out.append(server.world.self_user)
             continue
+        # A user account needs the right access hash, bots included (access_hash=0 works for bots only).
         user = server.world.users.get(getattr(inp, "user_id", None))
-        if user is None or (inp.access_hash != user.access_hash and not user.bot):
+        if user is None or inp.access_hash != user.access_hash:
             out.append(types.UserEmpty(id=getattr(inp, "user_id", 0)))
         else:
             out.append(user)
@@ -335,9 +348,8 @@ def _get_file(server: OfflineServer, req: Any, dc_id: int) -> Any:
     ):
         return RpcAnswer(400, "LIMIT_INVALID")
     chunk = blob.data[req.offset : req.offset + req.limit]
-    ftype = types.storage.FileJpeg() if blob.kind == "photo" else types.storage.FileMp4()
-    if blob.kind == "document":
-        ftype = types.storage.FilePartial()
+    # Telegram names photo chunks' type; document chunks come back as "partial" (type unknown).
+    ftype = types.storage.FileJpeg() if blob.kind == "photo" else types.storage.FilePartial()
     return types.upload.File(type=ftype, mtime=int(server.world.now), bytes=chunk)
 
 

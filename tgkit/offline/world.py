@@ -723,7 +723,6 @@ class World:
         pool = self._pool("mp4")
         idx = (fid // 10) % len(pool)
         data = pool[idx]
-        # Every fifth video lives on another data centre (FILE_MIGRATE / exported auth on download).
         # Every seventh video lives on another data centre; half of those say so in the document
         # (Telethon borrows an exported sender), the other half claim the home DC (FILE_MIGRATE).
         dc = OTHER_DC if (fid // 10) % 7 == 0 else HOME_DC

@@ -1,0 +1,258 @@
+"""The ONLY module that reads Telethon message types: Telethon objects -> rows, records, column batches.
+
+A row is a tuple in ``MESSAGE_COLUMNS`` order with dates as int epoch seconds and the two list columns
+as lists of plain tuples.  The bulk path appends rows straight into a :class:`ColumnBatch`; the record
+path wraps the same rows in :class:`ExportedMessage` for small interactive calls.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from telethon.tl import types
+
+from .records import ColumnBatch, Entity, ExportedMessage, Reaction, gc_paused
+
+__all__ = [
+    "append_messages",
+    "entity_type_name",
+    "media_kind",
+    "message_row",
+    "peer_kind_id",
+    "row_to_record",
+    "to_records",
+]
+
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+_ENTITY_NAMES: dict[type, str] = {}
+_ACTION_NAMES: dict[type, str] = {}
+
+# The original (un-patched) Message constructors: Telethon subclasses them, isinstance still works.
+_MessageService = types.MessageService
+_MessageEmpty = types.MessageEmpty
+
+
+def _snake(name: str) -> str:
+    return _CAMEL.sub("_", name).lower()
+
+
+def entity_type_name(cls: type) -> str:
+    """``MessageEntityTextUrl`` -> ``"text_url"`` (cached per class)."""
+    name = _ENTITY_NAMES.get(cls)
+    if name is None:
+        name = _snake(cls.__name__.removeprefix("MessageEntity"))
+        _ENTITY_NAMES[cls] = name
+    return name
+
+
+def action_name(cls: type) -> str:
+    """``MessageActionPinMessage`` -> ``"pin_message"`` (cached per class)."""
+    name = _ACTION_NAMES.get(cls)
+    if name is None:
+        name = _snake(cls.__name__.removeprefix("MessageAction"))
+        _ACTION_NAMES[cls] = name
+    return name
+
+
+def peer_kind_id(peer: Any) -> tuple[str | None, int | None]:
+    """``PeerUser(5)`` -> ``("user", 5)``; bare positive ids, as Telegram sends them."""
+    if peer is None:
+        return None, None
+    cls = type(peer)
+    if cls is types.PeerUser:
+        return "user", peer.user_id
+    if cls is types.PeerChannel:
+        return "channel", peer.channel_id
+    if cls is types.PeerChat:
+        return "chat", peer.chat_id
+    return None, None
+
+
+def _dt(value: Any) -> int | None:
+    return None if value is None else int(value.timestamp())
+
+
+def _entities(items: list[Any] | None) -> list[tuple] | None:
+    if items is None:
+        return None
+    out = []
+    for e in items:
+        cls = type(e)
+        out.append(
+            (
+                _ENTITY_NAMES.get(cls) or entity_type_name(cls),
+                e.offset,
+                e.length,
+                getattr(e, "url", None),
+                getattr(e, "user_id", None),
+                getattr(e, "document_id", None),
+                getattr(e, "language", None),
+            )
+        )
+    return out
+
+
+def _reactions(reactions: Any) -> tuple[list[tuple] | None, int | None]:
+    if reactions is None:
+        return None, None
+    out = []
+    total = 0
+    for rc in reactions.results or ():
+        r = rc.reaction
+        count = rc.count
+        total += count
+        if isinstance(r, types.ReactionEmoji):
+            out.append((r.emoticon, None, count))
+        elif isinstance(r, types.ReactionCustomEmoji):
+            out.append((None, r.document_id, count))
+        elif isinstance(r, types.ReactionPaid):
+            out.append(("paid", None, count))
+        else:
+            out.append((type(r).__name__, None, count))
+    return out, total
+
+
+_DOC_KIND_ATTRS = (
+    (types.DocumentAttributeSticker, "sticker"),
+    (types.DocumentAttributeAnimated, "animation"),
+)
+
+
+def media_kind(media: Any) -> str | None:
+    """The dataset's ``media_type`` for a Telethon media object."""
+    return _media(media)[0]
+
+
+def _media(media: Any) -> tuple:
+    """(type, mime, size, duration, width, height, file_name, file_id)."""
+    if media is None or isinstance(media, types.MessageMediaEmpty):
+        return (None,) * 8
+    if isinstance(media, types.MessageMediaPhoto):
+        photo = media.photo
+        if not isinstance(photo, types.Photo):
+            return ("photo", None, None, None, None, None, None, None)
+        best = None
+        for size in photo.sizes:
+            if isinstance(size, types.PhotoSize | types.PhotoSizeProgressive) and (
+                best is None or size.w * size.h >= best.w * best.h
+            ):
+                best = size
+        nbytes = None
+        w = h = None
+        if best is not None:
+            w, h = best.w, best.h
+            nbytes = best.size if isinstance(best, types.PhotoSize) else max(best.sizes)
+        return ("photo", "image/jpeg", nbytes, None, w, h, None, photo.id)
+    if isinstance(media, types.MessageMediaDocument):
+        doc = media.document
+        if not isinstance(doc, types.Document):
+            return ("document", None, None, None, None, None, None, None)
+        kind = "document"
+        duration = w = h = name = None
+        for attr in doc.attributes:
+            cls = type(attr)
+            if cls is types.DocumentAttributeFilename:
+                name = attr.file_name
+            elif cls is types.DocumentAttributeVideo:
+                duration, w, h = float(attr.duration), attr.w, attr.h
+                if kind == "document":
+                    kind = "video_note" if attr.round_message else "video"
+            elif cls is types.DocumentAttributeAudio:
+                duration = float(attr.duration)
+                if kind == "document":
+                    kind = "voice" if attr.voice else "audio"
+            elif cls is types.DocumentAttributeImageSize:
+                w, h = attr.w, attr.h
+            else:
+                for attr_cls, attr_kind in _DOC_KIND_ATTRS:
+                    if cls is attr_cls:
+                        kind = attr_kind
+        return (kind, doc.mime_type, doc.size, duration, w, h, name, doc.id)
+    if isinstance(media, types.MessageMediaWebPage):
+        return ("webpage",) + (None,) * 7
+    if isinstance(media, types.MessageMediaPoll):
+        return ("poll",) + (None,) * 7
+    if isinstance(media, types.MessageMediaGeo | types.MessageMediaGeoLive | types.MessageMediaVenue):
+        return ("geo",) + (None,) * 7
+    if isinstance(media, types.MessageMediaContact):
+        return ("contact",) + (None,) * 7
+    return ("other",) + (None,) * 7
+
+
+def message_row(m: Any, chat_id: int) -> tuple | None:
+    """One message as a row tuple (``MESSAGE_COLUMNS`` order), or None for ``MessageEmpty``."""
+    if isinstance(m, _MessageEmpty):
+        return None
+    from_id = m.from_id
+    if from_id is None:
+        sender_kind, sender_id = ("channel", chat_id) if m.post else (None, None)
+    else:
+        sender_kind, sender_id = peer_kind_id(from_id)
+
+    reply = m.reply_to
+    reply_to_id = thread_id = None
+    if reply is not None and isinstance(reply, types.MessageReplyHeader):
+        reply_to_id = reply.reply_to_msg_id
+        thread_id = reply.reply_to_top_id or reply_to_id
+
+    fwd = m.fwd_from
+    if fwd is not None:
+        fwd_kind, fwd_id = peer_kind_id(fwd.from_id)
+        fwd_name, fwd_date, fwd_post = fwd.from_name, _dt(fwd.date), fwd.channel_post
+    else:
+        fwd_kind = fwd_id = fwd_name = fwd_date = fwd_post = None
+
+    if isinstance(m, _MessageService):
+        action = m.action
+        return (
+            chat_id, m.id, int(m.date.timestamp()), sender_id, sender_kind, None, None,
+            reply_to_id, thread_id, None, None, None, None, None,
+            None, None, None, None, None, m.pinned or False, None, None,
+            None, None, None, None, None, None, None, None, None, None,
+            None, None, action_name(type(action)) if action is not None else None, None,
+        )  # fmt: skip
+
+    replies = m.replies
+    reactions, reactions_total = _reactions(m.reactions)
+    (mtype, mime, size, duration, width, height, fname, fid) = _media(m.media)
+    return (
+        chat_id, m.id, int(m.date.timestamp()), sender_id, sender_kind, m.message,
+        _entities(m.entities), reply_to_id, thread_id, fwd_id, fwd_kind, fwd_name, fwd_date, fwd_post,
+        m.views, m.forwards, replies.replies if replies is not None else None, _dt(m.edit_date),
+        m.grouped_id, bool(m.pinned), m.post_author, m.via_bot_id,
+        mtype, mime, size, duration, width, height, fname, fid, None, None,
+        reactions, reactions_total, None, None,
+    )  # fmt: skip
+
+
+def append_messages(batch: ColumnBatch, messages: Iterable[Any], chat_id: int) -> int:
+    """Bulk path: append Telethon messages straight into column lists; returns rows added."""
+    added = 0
+    for m in messages:
+        row = message_row(m, chat_id)
+        if row is not None:
+            batch.append_row(row)
+            added += 1
+    return added
+
+
+def row_to_record(row: tuple) -> ExportedMessage:
+    rec = ExportedMessage(*row)
+    if rec.entities is not None:
+        rec.entities = [Entity(*e) for e in rec.entities]
+    if rec.reactions is not None:
+        rec.reactions = [Reaction(*r) for r in rec.reactions]
+    return rec
+
+
+def to_records(messages: Iterable[Any], chat_id: int) -> list[ExportedMessage]:
+    """Record path (small, interactive): slotted records, built with the cyclic collector paused."""
+    out = []
+    with gc_paused():
+        for m in messages:
+            row = message_row(m, chat_id)
+            if row is not None:
+                out.append(row_to_record(row))
+    return out
