@@ -25,7 +25,14 @@ from telethon.tl import functions, types
 
 from . import convert
 from .dataset import ChatPartition, Checkpoint, check_output_dir, open_dataset, update_manifest
-from .errors import ExportError, FloodWaitTooLong, TelegramError, TgkitError, translate_telethon_error
+from .errors import (
+    ExportError,
+    FloodWaitTooLong,
+    TelegramError,
+    TgkitError,
+    is_peer_error,
+    translate_telethon_error,
+)
 from .jupyter import Progress, make_progress, run_sync
 from .media import media_file_name, normalise_media_kinds, safe_path
 from .metrics import MetricsCollector, ResourceMonitor
@@ -40,6 +47,10 @@ __all__ = [
     "export_messages_sync",
 ]
 
+# Side folders start with "_" so Parquet readers pointed at the dataset root (pyarrow.dataset, Spark)
+# skip them, as they skip "_checkpoint.json".
+MEDIA_DIR = "_media"
+METRICS_DIR = "_metrics"
 PAGE = 100  # messages.getHistory returns at most 100 messages
 _HISTORY = "messages.GetHistory"
 _RETRYABLE = (
@@ -128,6 +139,8 @@ class _Caller:
         self.backoff = backoff
         self.reconnects = 0
         self.sent: dict[str, int] = {}
+        # Set when the peer came from the peer cache: repairs a stale access hash once (see export_chat).
+        self.on_stale_peer: Callable[[], Awaitable[bool]] | None = None
 
     async def __call__(self, request: Any, name: str, *, via: Any = None) -> Any:
         client = via or self.client
@@ -166,6 +179,11 @@ class _Caller:
                     raise TelegramError(f"Telegram kept failing: {exc}", peer=self.peer) from exc
                 await self._recover(failures)
             except tl_errors.RPCError as exc:
+                repair = self.on_stale_peer
+                if repair is not None and is_peer_error(exc):
+                    self.on_stale_peer = None
+                    if await repair():
+                        continue  # the peer object every request shares was patched in place: resend
                 raise translate_telethon_error(exc, peer=self.peer) from exc
 
     async def _recover(self, failures: int) -> None:
@@ -288,7 +306,7 @@ class _MediaWorker:
         self.client = client
         self.call = call
         self.peer = peer
-        self.dir = root / "media" / f"chat_id={chat_id}"
+        self.dir = root / MEDIA_DIR / f"chat_id={chat_id}"
         self.kinds = kinds
         self.max_bytes = max_bytes
         self.sem = asyncio.Semaphore(concurrency)
@@ -498,6 +516,7 @@ async def export_chat(
     try:
         if resource_monitor is not None:
             resource_monitor.start()
+        hits_before = getattr(cache, "hits", None)
         with collector.timer("resolve"):
             peer = await _resolve(client, chat, cache)
         chat_id = _chat_id(peer)
@@ -510,6 +529,10 @@ async def export_chat(
         result.total_rows = cp.rows
         result.last_id = cp.last_id
         caller = _Caller(client, pace, collector, bar, peer=chat)
+        if hits_before is not None and cache.hits > hits_before and hasattr(cache, "recover"):
+            # A cache hit asked Telegram nothing: if the first request says CHANNEL_INVALID & co., drop the
+            # entry, resolve once more and retry (PeerCache.recover); a fresh peer's error is final.
+            caller.on_stale_peer = lambda: cache.recover(client, chat, peer)
         via = None
         if takeout:
             takeout_ctx, via = await _enter_takeout(client, chat)
@@ -537,6 +560,7 @@ async def export_chat(
             result,
             limit=limit,
             batch_size=batch_size,
+            peer_cache=cache,
         )
         await writer.close()
         writer = None
@@ -579,11 +603,13 @@ async def export_chat(
         result.metrics = collector
         if result.chat_id and metrics:
             with contextlib.suppress(OSError):
-                result.metrics_path = collector.to_json(root / f"chat_id={result.chat_id}" / "metrics.json")
+                result.metrics_path = collector.to_json(
+                    root / METRICS_DIR / f"chat_id={result.chat_id}" / "metrics.json"
+                )
             if resource_monitor is not None:
                 with contextlib.suppress(OSError):
                     result.resources_path = resource_monitor.samples.to_parquet(
-                        root / f"chat_id={result.chat_id}" / "resources.parquet"
+                        root / METRICS_DIR / f"chat_id={result.chat_id}" / "resources.parquet"
                     )
     bar.close()
     return result
@@ -616,6 +642,7 @@ async def _stream(
     *,
     limit: int | None,
     batch_size: int,
+    peer_cache: Any = None,
 ) -> None:
     """Fetch pages oldest-to-newest after the checkpoint, prefetching one page ahead."""
 
@@ -640,6 +667,8 @@ async def _stream(
             if first:
                 first = False
                 result.title = _title_of(page, chat_id)
+                if peer_cache is not None and hasattr(peer_cache, "learn"):
+                    peer_cache.learn(page)  # free knowledge: the page's .chats/.users (first page only)
                 count = getattr(page, "count", None)
                 if count is not None:
                     bar.set_total(max(count - cp.rows, len(msgs)) if remaining is None else remaining)
