@@ -707,7 +707,7 @@ async def _stream(
             task.cancel()
         if len(batch):
             # keep what was fetched: media that did not finish is recorded as interrupted
-            for idx, task in media_tasks:
+            for idx, _task in media_tasks:
                 batch.cols["media_error"][idx] = "interrupted"
             await writer.submit(_Pending(batch, top, []))
         raise
