@@ -28,6 +28,7 @@ from tgkit.peers import (
     MAX_FILE_BYTES,
     PeerCache,
     PeerCacheWarning,
+    _parse,
     marked_id,
     normalise_key,
 )
@@ -628,8 +629,11 @@ def test_good_row_fixture_is_accepted(tmp_path):
 
 def test_every_truncation_of_a_valid_file_is_rejected(tmp_path):
     data = _valid_file_bytes(tmp_path)
+    for n in range(len(data)):  # the parser alone: every prefix must raise (-> moved aside, empty cache)
+        with pytest.raises(Exception):  # noqa: B017 -- any failure of the parser counts as corrupt
+            _parse(data[:n])
     path = tmp_path / "peers.msgpack"
-    for n in range(len(data)):
+    for n in (0, 1, len(data) // 2, len(data) - 1):  # and through the file, a few of them
         path.write_bytes(data[:n])
         with pytest.warns(PeerCacheWarning):
             assert len(PeerCache(path)) == 0
@@ -663,13 +667,17 @@ def test_every_bit_flip_is_rejected_never_a_wrong_peer(tmp_path):
     cache.put(user(42, -7, "bob_one"))
     cache.save()
     good = path.read_bytes()
-    for i in range(len(good)):
+    for i in range(len(good)):  # the parser alone (file I/O per flip made this the slowest test)
         for bit in range(8):
             raw = bytearray(good)
             raw[i] ^= 1 << bit
-            path.write_bytes(bytes(raw))
-            with pytest.warns(PeerCacheWarning):
-                assert PeerCache(path).entries() == [], (i, bit)
+            with pytest.raises(Exception):  # noqa: B017 -- any parser failure means "corrupt"
+                _parse(bytes(raw))
+    raw = bytearray(good)
+    raw[len(good) // 2] ^= 1  # one flip through the file: moved aside, empty cache
+    path.write_bytes(bytes(raw))
+    with pytest.warns(PeerCacheWarning):
+        assert PeerCache(path).entries() == []
 
 
 def test_unreadable_path_warns_not_crashes(tmp_path):

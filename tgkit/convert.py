@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from itertools import repeat
 from typing import Any
 
 from telethon.tl import types
@@ -229,13 +230,9 @@ def message_row(m: Any, chat_id: int) -> tuple | None:
 
 def append_messages(batch: ColumnBatch, messages: Iterable[Any], chat_id: int) -> int:
     """Bulk path: append Telethon messages straight into column lists; returns rows added."""
-    added = 0
-    for m in messages:
-        row = message_row(m, chat_id)
-        if row is not None:
-            batch.append_row(row)
-            added += 1
-    return added
+    rows = [row for row in map(message_row, messages, repeat(chat_id)) if row is not None]
+    batch.extend_rows(rows)
+    return len(rows)
 
 
 def row_to_record(row: tuple) -> ExportedMessage:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ __all__ = [
 MEDIA_DIR = "_media"
 METRICS_DIR = "_metrics"
 PAGE = 100  # messages.getHistory returns at most 100 messages
+_REFERENCE_REFRESHES = 3  # FILE_REFERENCE_EXPIRED: refetch the message this many times per file
 _HISTORY = "messages.GetHistory"
 _RETRYABLE = (
     ConnectionError,
@@ -237,6 +239,18 @@ async def _resolve(client: Any, chat: Any, peer_cache: Any) -> Any:
         raise err from exc
 
 
+def _protect_session_file(client: Any) -> None:
+    """Telethon creates a SQLite session file with the umask's mode (often 0644), and it holds the auth
+    key: make it 0600 (owner only) whenever tgkit is handed a client that uses one."""
+    name = getattr(getattr(client, "session", None), "filename", None)
+    if not isinstance(name, str) or name == ":memory:":
+        return
+    with contextlib.suppress(OSError):
+        path = Path(name)
+        if path.is_file() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+
+
 def _default_peer_cache(peer_cache: Any) -> Any:
     if peer_cache is False:
         return None
@@ -342,12 +356,14 @@ class _MediaWorker:
         dest = safe_path(self.dir, name)
         t0 = self.metrics.start()
         tmp = dest.with_name(dest.name + ".part")
-        for attempt in range(2):
+        for attempt in range(_REFERENCE_REFRESHES + 1):
             try:
                 await self.client.download_media(message, file=str(tmp))
                 break
             except tl_errors.FileReferenceExpiredError:
-                if attempt:
+                # A fresh reference can expire again mid-download (a long file, a busy account): a few
+                # refreshes, never an endless loop.
+                if attempt == _REFERENCE_REFRESHES:
                     raise
                 # References expire; a fresh copy of the message carries a fresh one.
                 fresh = await self.call(
@@ -494,6 +510,7 @@ async def export_chat(
     view counts and deletions.  ``peer_cache=False`` disables the persistent peer cache.
     """
     root = check_output_dir(out)  # before any request is sent
+    _protect_session_file(client)
     if batch_size < 1:
         from .errors import ConfigError
 
@@ -655,10 +672,11 @@ async def _stream(
     batch = ColumnBatch()
     media_tasks: list[tuple[int, asyncio.Task]] = []
     top = cp.last_id
-    pending = fetch(top + 1)
+    pending: asyncio.Task | None = fetch(top + 1)
     first = True
     try:
         while True:
+            assert pending is not None  # the loop breaks before it would await nothing
             t0 = m.start()
             page = await pending
             m.stop("fetch", t0)
@@ -682,15 +700,16 @@ async def _stream(
             if remaining is not None:
                 chunk = chunk[:remaining]
                 top = chunk[-1].id if chunk else top
-            added = 0
-            for msg in chunk:
-                row = convert.message_row(msg, chat_id)
-                if row is None:
-                    continue
-                if worker is not None and worker.wanted(row):
-                    media_tasks.append((len(batch), asyncio.create_task(worker.fetch(msg, row))))
-                batch.append_row(row)
-                added += 1
+            rows = [row for row in map(convert.message_row, chunk, repeat(chat_id)) if row is not None]
+            if worker is not None:
+                base = len(batch)
+                for i, (msg, row) in enumerate(
+                    zip((x for x in chunk if not isinstance(x, types.MessageEmpty)), rows)
+                ):
+                    if worker.wanted(row):
+                        media_tasks.append((base + i, asyncio.create_task(worker.fetch(msg, row))))
+            batch.extend_rows(rows)
+            added = len(rows)
             m.stop("convert", t1)
             bar.update(messages=added)
             if remaining is not None:

@@ -22,19 +22,12 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import msgpack
 
 from .config import cache_dir
-from .errors import (
-    _PEER_ERRORS,
-    ConfigError,
-    PeerNotFound,
-    TgkitError,
-    is_peer_error,
-    translate_telethon_error,
-)
+from .errors import ConfigError, PeerNotFound, is_peer_error, translate_telethon_error
 from .records import CacheEntry
 
 __all__ = [
@@ -107,34 +100,25 @@ def _types() -> Any:
     return _tl
 
 
-_error_names: dict[type, str] | None = None
-
-
-def _stale_peer_error(exc: BaseException) -> str | None:
-    """The RPC name if ``exc`` says a peer/access hash is invalid (CHANNEL_INVALID ...), else None.
-
-    Shim: :func:`tgkit.errors.is_peer_error` reads ``exc.message``, but Telethon's generated error
-    classes (ChannelInvalidError ...) carry their *base* class's message there (``"BAD_REQUEST"``), so
-    it misses them; the class itself names the error (``rpcerrorlist.rpc_errors_dict``).  Remove once
-    errors.rpc_name maps classes to names.
-    """
-    global _error_names
+def _is_stale(exc: BaseException) -> bool:
+    """Telegram says the peer or its access hash is invalid: the RPC error itself (CHANNEL_INVALID ...),
+    or tgkit's PeerNotFound translated from one (as export's request boundary raises)."""
     if is_peer_error(exc):
-        return "peer error"
-    if _error_names is None:
-        from telethon.errors.rpcerrorlist import rpc_errors_dict
-
-        _error_names = {cls: name for name, cls in rpc_errors_dict.items()}
-    name = _error_names.get(type(exc))
-    return name if name in _PEER_ERRORS else None
+        return True
+    cause = exc.__cause__
+    return isinstance(exc, PeerNotFound) and cause is not None and is_peer_error(cause)
 
 
-def _translate(exc: BaseException, key: Any) -> TgkitError:
-    err = translate_telethon_error(exc, peer=key)
-    name = _stale_peer_error(exc)
-    if name and not isinstance(err, PeerNotFound):
-        err = PeerNotFound(f"Chat not found or not accessible ({key!s}): {name}", peer=key)
-    return err
+def _raise_not_found(exc: Exception, key: Any) -> NoReturn:
+    if isinstance(exc, PeerNotFound):
+        raise exc  # already translated (and chained) by the caller's boundary
+    raise translate_telethon_error(exc, peer=key) from exc
+
+
+def _raw_id(peer: Any) -> int | None:
+    return (
+        getattr(peer, "channel_id", None) or getattr(peer, "user_id", None) or getattr(peer, "chat_id", None)
+    )
 
 
 class PeerCacheWarning(UserWarning):
@@ -645,7 +629,13 @@ class PeerCache:
         try:
             peer = await client.get_input_entity(nk)
         except Exception as exc:
-            raise _translate(exc, original) from exc
+            # Telethon turns USERNAME_NOT_OCCUPIED into ValueError('No user has "x" as username') from the
+            # RPC error; translate the RPC error so an unknown name is PeerNotFound, not a TelegramError.
+            cause = exc.__cause__
+            named = (
+                cause if isinstance(exc, ValueError) and cause is not None and is_peer_error(cause) else exc
+            )
+            raise translate_telethon_error(named, peer=original) from exc
         now = self._clock()
         entry: CacheEntry | None = None
         if isinstance(peer, tl.InputPeerChannel):
@@ -680,17 +670,30 @@ class PeerCache:
         try:
             return await fn(peer)
         except Exception as exc:
-            if not _stale_peer_error(exc):
+            if not _is_stale(exc):
                 raise
             if not from_cache:
-                raise _translate(exc, key) from exc
+                _raise_not_found(exc, key)
         peer = await self.resolve(client, key, refresh=True)
         try:
             return await fn(peer)
         except Exception as exc:
-            if _stale_peer_error(exc):
-                raise _translate(exc, key) from exc
+            if _is_stale(exc):
+                _raise_not_found(exc, key)
             raise
+
+    async def recover(self, client: Any, key: Any, peer: Any) -> bool:
+        """Telegram rejected ``peer`` (resolved for ``key`` from this cache) as stale: drop the entry,
+        resolve once more (one API call) and patch ``peer``'s access hash in place, so every request
+        that already holds the object is fixed.  False if ``key`` now names another peer (the caller
+        should give up: its state belongs to the old one).  Resolution failures raise as in
+        :meth:`resolve`.  For callers that cannot wrap their work in :meth:`with_peer` (export)."""
+        fresh = await self.resolve(client, key, refresh=True)
+        if type(fresh) is not type(peer) or _raw_id(fresh) != _raw_id(peer):
+            return False
+        if hasattr(peer, "access_hash"):
+            peer.access_hash = fresh.access_hash
+        return True
 
     # ---------------------------------------------------------------------------------- reporting
 

@@ -297,6 +297,25 @@ class ColumnBatch:
                 i += 1
         self.n += 1
 
+    def extend_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Append many row tuples at once: one transpose (C-level ``zip``) and one ``extend`` per column."""
+        if not rows:
+            return
+        names = MESSAGE_COLUMNS
+        cols = self.cols
+        for j, values in enumerate(zip(*rows)):
+            if j == _ENT_INDEX:
+                ent, ent_offsets = self.ent, self.ent_offsets
+                for v in values:
+                    _add_nested(v, ent, ent_offsets)
+            elif j == _RX_INDEX:
+                rx, rx_offsets = self.rx, self.rx_offsets
+                for v in values:
+                    _add_nested(v, rx, rx_offsets)
+            else:
+                cols[names[j]].extend(values)
+        self.n += len(rows)
+
     def add_record(self, rec: ExportedMessage) -> None:
         cols = self.cols
         for name in cols:
@@ -326,7 +345,7 @@ class ColumnBatch:
                 secs = pa.array(self.cols[name], pa.int64())
                 arrays.append(pc.multiply(secs, 1_000_000).cast(_UTC_US))
             else:
-                arrays.append(pa.array(self.cols[name], _RAW_ARROW[name]))
+                arrays.append(_array(self.cols[name], _RAW_ARROW[name]))
         return pa.Table.from_arrays(arrays, schema=arrow_schema())
 
     def to_polars(self) -> pl.DataFrame:
@@ -353,8 +372,23 @@ def _last(offsets: list[int]) -> int:
     return v if v >= 0 else -1 - v
 
 
+def _array(values: list[Any], dtype: pa.DataType) -> pa.Array:
+    try:
+        return pa.array(values, dtype)
+    except UnicodeEncodeError:
+        # Lone surrogates (from JSON imports or other sources; Telethon itself decodes with
+        # errors="replace") cannot be UTF-8: store U+FFFD in their place, as Telethon would.
+        return pa.array([_scrub(v) for v in values], dtype)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):  # UTF-16 round trip: a valid pair becomes its character, a lone half U+FFFD
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return value
+
+
 def _list_array(offsets: list[int], children: tuple[list[Any], ...], struct: pa.StructType) -> pa.Array:
-    child_arrays = [pa.array(col, struct.field(i).type) for i, col in enumerate(children)]
+    child_arrays = [_array(col, struct.field(i).type) for i, col in enumerate(children)]
     values = pa.StructArray.from_arrays(child_arrays, fields=list(struct))
     raw = pa.array(offsets, pa.int32())
     is_null = pc.less(raw, 0)
