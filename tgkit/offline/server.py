@@ -67,6 +67,7 @@ class CallLog:
     counts: Counter = field(default_factory=Counter)
     faults: Counter = field(default_factory=Counter)
     takeout: Counter = field(default_factory=Counter)  # the requests that arrived in InvokeWithTakeout
+    errors: Counter = field(default_factory=Counter)  # RPC errors answered (FILE_MIGRATE_4, ...), faults too
     total: int = 0
 
     def count(self, name: str) -> int:
@@ -79,6 +80,7 @@ class CallLog:
         self.counts.clear()
         self.faults.clear()
         self.takeout.clear()
+        self.errors.clear()
         self.total = 0
 
 
@@ -120,6 +122,13 @@ class OfflineServer:
 
     def handle(self, data: bytes, dc_id: int) -> bytes | RpcAnswer:
         """Answer one serialised request; raises ``_Disconnect`` for connection faults."""
+        answer = self._handle(data, dc_id)
+        if isinstance(answer, RpcAnswer):
+            with self._lock:
+                self.call_log.errors[answer.message] += 1
+        return answer
+
+    def _handle(self, data: bytes, dc_id: int) -> bytes | RpcAnswer:
         request = BinaryReader(data).tgread_object()
         takeout_id = None
         while True:
@@ -244,10 +253,11 @@ def _get_users(server: OfflineServer, req: Any, dc_id: int) -> list[Any]:
         if isinstance(inp, types.InputUserSelf):
             out.append(server.world.self_user)
             continue
-        # A user account needs the right access hash, bots included (access_hash=0 works for bots only).
-        user = server.world.users.get(getattr(inp, "user_id", None))
+        # A user account needs the right access hash, for bots too (access_hash=0 is for bot accounts).
+        uid: int = getattr(inp, "user_id", 0)
+        user = server.world.users.get(uid)
         if user is None or inp.access_hash != user.access_hash:
-            out.append(types.UserEmpty(id=getattr(inp, "user_id", 0)))
+            out.append(types.UserEmpty(id=uid))
         else:
             out.append(user)
     return out

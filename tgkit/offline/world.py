@@ -724,7 +724,9 @@ class World:
         idx = (fid // 10) % len(pool)
         data = pool[idx]
         # Every seventh video lives on another data centre; half of those say so in the document
-        # (Telethon borrows an exported sender), the other half claim the home DC (FILE_MIGRATE).
+        # (given the Document, Telethon's download_file borrows an exported sender at once), the other
+        # half claim the home DC (FILE_MIGRATE_4).  download_media passes Telethon only the file
+        # location, so it always asks the home DC first and gets FILE_MIGRATE_4.
         dc = OTHER_DC if (fid // 10) % 7 == 0 else HOME_DC
         declared_dc = HOME_DC if (fid // 10) % 14 == 0 else dc
         ref = self._register(fid, lambda: data, dc, "document")
