@@ -594,6 +594,7 @@ class ResourceMonitor:
         self._stop_event = threading.Event()
         self._sample_lock = threading.Lock()
         self._origin = 0.0
+        self._last_sample_at = 0.0
         self._process: Any = None
         self._cpu = _CpuTimesDelta()
         self._base: dict[str, tuple[int, int] | None] = {}
@@ -637,7 +638,10 @@ class ResourceMonitor:
         thread.join(timeout=max(10.0, 4 * self.interval))
         if thread.is_alive():  # a psutil call hung (e.g. a dead network mount); it is a daemon, leave it
             self._note("monitor", "sampling thread did not stop within the timeout")
-        self._safe_sample()
+        # A final sample right after the thread's last one would show CPU % over a near-zero interval
+        # (psutil then reports 0); take it only when enough time has passed to mean something.
+        if time.perf_counter() - self._last_sample_at >= min(0.1, self.interval / 2):
+            self._safe_sample()
 
     def __enter__(self) -> ResourceMonitor:
         return self.start()
@@ -674,7 +678,8 @@ class ResourceMonitor:
         import psutil
 
         with self._sample_lock:
-            row: dict[str, Any] = {"t": time.perf_counter() - self._origin, "time": datetime.now(UTC)}
+            self._last_sample_at = time.perf_counter()
+            row: dict[str, Any] = {"t": self._last_sample_at - self._origin, "time": datetime.now(UTC)}
             proc = self._process
             if proc is not None:
                 # (no proc.oneshot(): it saves ~0.1 ms a sample but fails as a whole if one counter does)
