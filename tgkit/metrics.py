@@ -639,9 +639,11 @@ class ResourceMonitor:
         if thread.is_alive():  # a psutil call hung (e.g. a dead network mount); it is a daemon, leave it
             self._note("monitor", "sampling thread did not stop within the timeout")
         # A final sample right after the thread's last one would show CPU % over a near-zero interval
-        # (psutil then reports 0); take it only when enough time has passed to mean something.
-        if time.perf_counter() - self._last_sample_at >= min(0.1, self.interval / 2):
-            self._safe_sample()
+        # (psutil then reports 0): wait a moment (at most 50 ms) so the last point means something.
+        wait = min(0.05, self.interval / 2) - (time.perf_counter() - self._last_sample_at)
+        if wait > 0:
+            time.sleep(wait)
+        self._safe_sample()
 
     def __enter__(self) -> ResourceMonitor:
         return self.start()
