@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tgkit demo
 
 test: $(STAMP)
-	$(PY) -m pytest --nbval -q tests notebooks; rc=$$?; \
+	$(PY) -m pytest --nbval --nbval-sanitize-with notebooks/sanitize.cfg -q tests notebooks; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
 
 lint: $(STAMP)

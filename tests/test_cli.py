@@ -77,3 +77,18 @@ def test_demo_writes_a_dataset_and_says_where(tmp_path):
     assert (out / "_metrics" / "chat_id=1001" / "metrics.json").exists()
     df = tgkit.open_dataset(out).collect()
     assert df.schema == tgkit.polars_schema() and df.filter(pl.col("chat_id") == 1001)["id"].is_sorted()
+
+
+def test_import_desktop_writes_a_dataset_and_flags_a_cut_file(tmp_path, capsys):
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures" / "desktop"
+    assert main(["import-desktop", str(fixtures / "new_2023"), "--out", str(tmp_path / "ok")]) == 0
+    assert "new messages" in capsys.readouterr().out
+    assert tgkit.open_dataset(tmp_path / "ok").collect().height > 0
+    assert main(["import-desktop", str(fixtures / "truncated"), "--out", str(tmp_path / "cut")]) == 3
+    err = capsys.readouterr().err
+    assert "tgkit: warning: " in err and "stopped at byte" in err and "Traceback" not in err
+    assert main(["import-desktop", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tgkit: error:") and err.count("\n") == 1

@@ -6,6 +6,7 @@ df = tgkit.open_dataset("data/exports/demo").collect()
 """
 
 from .dataset import open_dataset
+from .desktop import DesktopFormatError, DesktopImportResult, import_desktop
 from .errors import (
     AuthError,
     CacheError,
@@ -32,6 +33,8 @@ __all__ = [
     "AuthError",
     "CacheError",
     "ConfigError",
+    "DesktopFormatError",
+    "DesktopImportResult",
     "EncoderUnavailable",
     "ExportError",
     "ExportResult",
@@ -52,6 +55,7 @@ __all__ = [
     "export_chat_sync",
     "export_messages",
     "export_messages_sync",
+    "import_desktop",
     "open_dataset",
     "plot_resources",
     "plot_stages",

@@ -133,8 +133,8 @@ async def _demo(args: argparse.Namespace) -> int:
 
     print()
     for r in results:
-        media = f", {r.media_downloaded} media files" if r.media_downloaded else ""
-        print(f"{r.peer:<14} {r.messages:>6,} rows in {r.seconds:5.2f}s ({r.msgs_per_s:>7,.0f} msg/s){media}")
+        files = f", {r.media_downloaded} media files" if r.media_downloaded else ""
+        print(f"{r.peer:<14} {r.messages:>6,} rows in {r.seconds:5.2f}s ({r.msgs_per_s:>7,.0f} msg/s){files}")
         calls = ", ".join(f"{k} {v}" for k, v in r.api_calls.items())
         print(f"{'':14} API calls: {calls}")
     print()
@@ -160,8 +160,8 @@ async def _demo(args: argparse.Namespace) -> int:
     )
     print()
     print(
-        f"Channel messages per day: {per_day.height} days, median {per_day['len'].median():.0f}, "
-        f"max {per_day['len'].max()}"
+        f"Channel messages per day: {per_day.height} days, median {per_day['len'].median()!s}, "
+        f"max {per_day['len'].max()!s}"
     )
     print("Top senders in the group:")
     for row in top.iter_rows(named=True):
@@ -263,11 +263,19 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _import_desktop(args: argparse.Namespace) -> int:
-    from .desktop import import_desktop
+    import warnings
 
-    result = import_desktop(args.path, out=args.out)
-    print(result)
-    return 0
+    from .desktop import DesktopTruncatedWarning, import_desktop
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DesktopTruncatedWarning)
+        result = import_desktop(args.path, out=args.out, progress="auto")
+    print(result.summary())
+    truncated = [w for w in caught if issubclass(w.category, DesktopTruncatedWarning)]
+    for w in truncated:
+        print(f"tgkit: warning: {w.message}", file=sys.stderr)
+    # a cut file imported what came before the cut: that is partial, so say so in the exit code too
+    return 3 if truncated else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -237,10 +237,12 @@ def append_messages(batch: ColumnBatch, messages: Iterable[Any], chat_id: int) -
 
 def row_to_record(row: tuple) -> ExportedMessage:
     rec = ExportedMessage(*row)
-    if rec.entities is not None:
-        rec.entities = [Entity(*e) for e in rec.entities]
-    if rec.reactions is not None:
-        rec.reactions = [Reaction(*r) for r in rec.reactions]
+    ents: Any = rec.entities  # still plain tuples here
+    if ents is not None:
+        rec.entities = [Entity(*e) for e in ents]
+    rxs: Any = rec.reactions
+    if rxs is not None:
+        rec.reactions = [Reaction(*r) for r in rxs]
     return rec
 
 

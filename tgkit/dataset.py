@@ -193,14 +193,15 @@ class ChatPartition:
         return cp
 
     def start(self, checkpoint: Checkpoint | None) -> Checkpoint:
-        """Prepare for writing: create the folder and remove parts no checkpoint committed."""
+        """Prepare for writing: create the folder and remove parts no checkpoint committed, and the
+        temporary files of a write that a crash interrupted (parts and checkpoints)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         cp = checkpoint or Checkpoint(self.chat_id)
         committed = set(cp.parts)
         for entry in self.dir.iterdir():
             name = entry.name
             if (name.startswith("part-") and name.endswith(".parquet") and name not in committed) or (
-                name.startswith(".part-") and name.endswith(".tmp")
+                name.startswith((".part-", f".{CHECKPOINT_NAME}.")) and name.endswith(".tmp")
             ):
                 entry.unlink()
         return cp
@@ -282,16 +283,22 @@ def update_manifest(root: Path, cp: Checkpoint, *, extra: dict[str, Any] | None 
         manifest = read_manifest(root)
     except CacheError:
         manifest = {}
-    chats = manifest.get("chats") if isinstance(manifest.get("chats"), dict) else {}
-    entry = {
-        "dir": f"chat_id={cp.chat_id}",
-        "rows": cp.rows,
-        "last_id": cp.last_id,
-        "parts": len(cp.parts),
-        "peer": cp.peer,
-        "title": cp.title,
-        "updated_at": cp.updated_at,
-    }
+    found = manifest.get("chats")
+    chats: dict[str, Any] = found if isinstance(found, dict) else {}
+    previous = chats.get(str(cp.chat_id))
+    # keep what earlier runs recorded for this chat (a refresh's deletions survive the parts written after it)
+    entry = dict(previous) if isinstance(previous, dict) else {}
+    entry.update(
+        {
+            "dir": f"chat_id={cp.chat_id}",
+            "rows": cp.rows,
+            "last_id": cp.last_id,
+            "parts": len(cp.parts),
+            "peer": cp.peer,
+            "title": cp.title,
+            "updated_at": cp.updated_at,
+        }
+    )
     if extra:
         entry.update(extra)
     chats[str(cp.chat_id)] = entry

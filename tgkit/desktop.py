@@ -12,12 +12,15 @@ schema in :mod:`tgkit.records` (see docs/DESKTOP_IMPORT.md for the field-by-fiel
   it stopped and ``report.stopped_at`` keeps it.  Non-JSON, non-UTF-8 or non-Desktop input raises
   :class:`DesktopFormatError`.
 * Desktop writes control characters as ``\\xHH`` (not valid JSON); those escapes are repaired on the fly.
+* ``import_desktop(path, out=DIR)`` writes the batches into a :mod:`tgkit.dataset` (``export_chat``'s
+  layout); ids at or below a chat's checkpoint are skipped, so a re-import is idempotent.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator
@@ -25,11 +28,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, overload
 
 import ijson
+import polars as pl
+import pyarrow.compute as pc
 
-from .errors import TgkitError
+from .dataset import ChatPartition, Checkpoint, check_output_dir, open_dataset, update_manifest
+from .errors import ConfigError, ExportError, TgkitError
 from .records import (
     MESSAGE_COLUMNS,
     ColumnBatch,
@@ -46,8 +52,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DesktopBatches",
     "DesktopChat",
+    "DesktopExportNotFound",
     "DesktopFormatError",
     "DesktopImportReport",
+    "DesktopImportResult",
     "DesktopRecords",
     "DesktopStop",
     "DesktopTruncatedWarning",
@@ -66,6 +74,10 @@ class DesktopFormatError(TgkitError):
         super().__init__(message)
         self.path = path
         self.report = report
+
+
+class DesktopExportNotFound(DesktopFormatError, FileNotFoundError):
+    """No ``result.json`` at the given path (also a :class:`FileNotFoundError`)."""
 
 
 class DesktopTruncatedWarning(UserWarning):
@@ -351,16 +363,21 @@ def _resolve_input(path_or_dir: str | Path) -> Path:
                 "'Machine-readable JSON' to get result.json",
                 path=path,
             )
-        raise FileNotFoundError(f"no result.json in {path} (expected a Telegram Desktop JSON export)")
+        raise DesktopExportNotFound(
+            f"no result.json in {path} (expected a Telegram Desktop JSON export)", path=path
+        )
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise DesktopExportNotFound(f"{path} does not exist", path=path)
     return path
 
 
 def _sniff(path: Path) -> None:
     """Reject what is clearly not a Desktop JSON export before parsing, with a message that names the fix."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        raise DesktopFormatError(f"cannot read {path}: {exc.strerror or exc}", path=path) from exc
     if not head.strip():
         raise DesktopFormatError(f"{path} is empty", path=path)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head[:64]:
@@ -530,11 +547,10 @@ class _Converter:
             elif kind == "custom_emoji":
                 out.append((None, _int(r.get("document_id")), count))
             elif kind == "paid":
-                out.append((None, None, count))
-            else:
+                out.append(("paid", None, count))  # as the API path stores ReactionPaid
+            else:  # as the API path: the raw type name in ``emoji``
                 self.report.unknown_reaction_types[str(kind)] += 1
-                emoji = r.get("emoji")
-                out.append((emoji if isinstance(emoji, str) else None, _int(r.get("document_id")), count))
+                out.append((str(kind), _int(r.get("document_id")), count))
             total += count
         return out, total
 
@@ -707,7 +723,13 @@ class DesktopBatches(Iterator[tuple[int, ColumnBatch]]):
         chat: DesktopChat | None = None
         src: _Source | None = None
         try:
-            with open(self.path, "rb") as f:
+            f = open(self.path, "rb")  # noqa: SIM115 - closed below; an OSError must become a TgkitError
+        except OSError as exc:
+            raise DesktopFormatError(
+                f"cannot read {self.path}: {exc.strerror or exc}", path=self.path, report=report
+            ) from exc
+        try:
+            with f:
                 src = _Source(f)
                 for chat_now, message in self._messages(src):
                     if chat_now is not chat:
@@ -721,6 +743,12 @@ class DesktopBatches(Iterator[tuple[int, ColumnBatch]]):
                     report.messages += 1
                     report.bytes_read = src.pos
                     yield row
+        except OSError as exc:  # an I/O error mid-file (a disk or network share failing)
+            raise DesktopFormatError(
+                f"reading {self.path} failed after {report.bytes_read} bytes: {exc.strerror or exc}",
+                path=self.path,
+                report=report,
+            ) from exc
         finally:
             if src is not None:
                 report.bytes_read = src.pos
@@ -976,22 +1004,156 @@ class DesktopRecords(Records):
         self.report = report
 
 
+@dataclass(slots=True)
+class DesktopImportResult:
+    """What ``import_desktop(..., out=DIR)`` wrote: the dataset, its chats, the counts, the read report."""
+
+    path: Path  # the dataset folder
+    source: Path  # the result.json that was read
+    report: DesktopImportReport = field(repr=False)
+    messages: int = 0  # rows written by this run
+    already_present: int = 0  # rows not written: at or below their chat's checkpoint (imported before)
+    parts_written: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+    @property
+    def chats(self) -> list[DesktopChat]:
+        """The chats read (``messages`` = rows read per chat, written or already present)."""
+        return self.report.chats
+
+    @property
+    def truncated(self) -> bool:
+        """True when ``result.json`` ended or broke before its last message (see ``stopped_at``)."""
+        return self.report.stopped_at is not None
+
+    @property
+    def stopped_at(self) -> DesktopStop | None:
+        return self.report.stopped_at
+
+    def open(self) -> pl.LazyFrame:
+        """The rows of this import's chats in the dataset (all runs), lazily."""
+        ids = sorted({c.id for c in self.report.chats})
+        return open_dataset(self.path).filter(pl.col("chat_id").is_in(ids))
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        text = (
+            f"{self.messages} new messages from {len(self.chats)} chat(s) of {self.source.name} "
+            f"into {self.path} in {self.seconds:.1f}s"
+        )
+        if self.already_present:
+            text += f"; {self.already_present} already in the dataset"
+        if self.report.skipped:
+            text += f"; {self.report.skipped} skipped"
+        if self.report.stopped_at is not None:
+            stop = self.report.stopped_at
+            text += f"; STOPPED at byte {stop.byte_offset} ({stop.reason})"
+        return text
+
+
+class _DatasetWriter:
+    """Commits batches as parts of their chat's partition, skipping ids its checkpoint already holds."""
+
+    def __init__(self, root: Path, result: DesktopImportResult) -> None:
+        self.root = root
+        self.result = result
+        self.chat_id: int | None = None
+        self.part: ChatPartition | None = None
+        self.cp: Checkpoint | None = None
+        self.floor = 0  # the checkpoint's last_id when this run reached the chat
+        self.chat_type: str | None = None
+        # media_path is relative to the Desktop export folder: the manifest says which one
+        self.media_root = str(result.source.parent.resolve())
+
+    @property
+    def manifest_extra(self) -> dict[str, Any]:
+        return {"source": "telegram_desktop", "type": self.chat_type, "media_root": self.media_root}
+
+    def _open(self, chat_id: int) -> None:
+        chat = next((c for c in reversed(self.result.report.chats) if c.id == chat_id), None)
+        part = ChatPartition(self.root, chat_id)
+        cp = part.start(part.load())  # CacheError for a corrupt checkpoint or another chat's
+        if cp.title is None and chat is not None:
+            cp.title = chat.name
+        self.chat_id, self.part, self.cp, self.floor = chat_id, part, cp, cp.last_id
+        self.chat_type = chat.type if chat is not None else None
+
+    def write(self, chat_id: int, batch: ColumnBatch) -> int:
+        """Write one batch (one chat); returns the rows written."""
+        if chat_id != self.chat_id:
+            self._open(chat_id)
+        part, cp = self.part, self.cp
+        assert part is not None and cp is not None
+        table = batch.to_arrow()
+        if self.floor:
+            table = table.filter(pc.greater(table["id"], self.floor))
+            self.result.already_present += batch.n - table.num_rows
+        if not table.num_rows:
+            return 0
+        last_id = pc.max(table["id"]).as_py()
+        try:
+            self.cp, nbytes = part.write_part(cp, table, last_id=last_id)
+            update_manifest(self.root, self.cp, extra=self.manifest_extra)
+        except OSError as exc:
+            raise ExportError(
+                f"writing {part.dir} failed: {exc.strerror or exc} (committed parts are kept; "
+                "rerun the import to continue)",
+                checkpoint=part.checkpoint_path,
+            ) from exc
+        self.result.parts_written += 1
+        self.result.bytes_written += nbytes
+        self.result.messages += table.num_rows
+        return table.num_rows
+
+
+@overload
 def import_desktop(
     path_or_dir: str | Path,
     *,
-    out: str | Path | None = None,
+    out: None = None,
     progress: ProgressMode = True,
-) -> DesktopRecords:
-    """Read a Telegram Desktop export (``result.json`` or its folder) into the same records as an API export.
+    batch_size: int = ...,
+) -> DesktopRecords: ...
 
-    Returns :class:`DesktopRecords` (``.to_polars()`` for the typed frame, ``.report`` for what was read).
-    A cut file returns everything before the cut and warns (:class:`DesktopTruncatedWarning`).
+
+@overload
+def import_desktop(
+    path_or_dir: str | Path,
+    *,
+    out: str | os.PathLike[str],
+    progress: ProgressMode = True,
+    batch_size: int = ...,
+) -> DesktopImportResult: ...
+
+
+def import_desktop(
+    path_or_dir: str | Path,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    progress: ProgressMode = True,
+    batch_size: int = 10_000,
+) -> DesktopRecords | DesktopImportResult:
+    """Import a Telegram Desktop export (``result.json`` or its folder) with the schema of an API export.
+
+    Without ``out``: returns :class:`DesktopRecords` in memory (``.to_polars()``, ``.report``).
+    With ``out=DIR``: streams ``batch_size`` rows at a time into the Parquet dataset at ``DIR`` (the
+    layout of :func:`tgkit.export_chat`: a partition per chat, parts committed by its checkpoint, a
+    manifest) and returns a :class:`DesktopImportResult` (``.open()`` for a LazyFrame).  Messages whose
+    id is at or below the chat's checkpoint are skipped, so importing the same file again adds nothing
+    and a newer export of the chat adds only its new messages.
+    A cut file imports everything before the cut and warns (:class:`DesktopTruncatedWarning`).
     ``progress``: as for the exporters (True/"auto", "text", "widget", False, or a callable).
+    Errors are :class:`~tgkit.errors.TgkitError` subclasses: :class:`DesktopFormatError` (unreadable
+    input), ``CacheError`` (a corrupt checkpoint, or one of another chat), ``ExportError`` (``out``
+    unusable, a write failed), ``ConfigError`` (a bad argument).
     """
-    if out is not None:
-        raise NotImplementedError("import_desktop(out=...) is not wired to the dataset writer yet")
     from .jupyter import make_progress
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if out is not None:
+        return _import_to_dataset(path_or_dir, out, progress=progress, batch_size=batch_size)
     batches = DesktopBatches(path_or_dir)
     report = batches.report
     records = DesktopRecords(report=report)
@@ -1014,3 +1176,27 @@ def import_desktop(
                 pending = 0
         bar.update(messages=pending)
     return records
+
+
+def _import_to_dataset(
+    path_or_dir: str | Path, out: str | os.PathLike[str], *, progress: ProgressMode, batch_size: int
+) -> DesktopImportResult:
+    from .jupyter import make_progress
+
+    started = time.perf_counter()
+    batches = DesktopBatches(path_or_dir, batch_size=batch_size)  # bad input fails before `out` is made
+    root = check_output_dir(out)
+    report = batches.report
+    result = DesktopImportResult(path=root, source=batches.path, report=report)
+    writer = _DatasetWriter(root, result)
+    total = max(1, report.bytes_total)
+    try:
+        with make_progress(progress, desc=f"importing {batches.path.name}") as bar:
+            for chat_id, batch in batches:
+                written = writer.write(chat_id, batch)
+                bar.set_stage(f"read {100 * report.bytes_read // total}% of {batches.path.name}")
+                bar.update(messages=written)
+    finally:
+        batches.close()
+        result.seconds = time.perf_counter() - started
+    return result

@@ -70,6 +70,9 @@ class CacheError(TgkitError):
     """An unreadable, corrupt or wrong-version cache, checkpoint or state file."""
 
 
+# DesktopFormatError (a TgkitError) lives in tgkit.desktop, beside the parser that raises it.
+
+
 class HardwareError(TgkitError):
     """Hardware probing or transcoding failed."""
 

@@ -924,7 +924,10 @@ def _encode_mp4(seed: int, i: int, w: int, h: int, seconds: float, *, audio: boo
     fps = 25
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "30"})
+        # one thread: x264's output then does not depend on the machine's core count (same seed, same bytes)
+        stream = out.add_stream(
+            "libx264", rate=fps, options={"preset": "ultrafast", "crf": "30", "threads": "1"}
+        )
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         astream = out.add_stream("aac", rate=16_000) if audio else None
         n = max(int(seconds * fps), 1)
