@@ -55,6 +55,7 @@ METRICS_DIR = "_metrics"
 PAGE = 100  # messages.getHistory returns at most 100 messages
 _REFERENCE_REFRESHES = 3  # FILE_REFERENCE_EXPIRED: refetch the message this many times per file
 _HISTORY = "messages.GetHistory"
+_GET_FILE = "upload.GetFile"
 _RETRYABLE = (
     ConnectionError,
     OSError,
@@ -63,6 +64,7 @@ _RETRYABLE = (
     tl_errors.RpcCallFailError,
     tl_errors.TimedOutError,
 )
+_DOWNLOAD_RETRYABLE = tuple(e for e in _RETRYABLE if e is not OSError)
 _COL = {name: i for i, name in enumerate(MESSAGE_COLUMNS)}
 
 
@@ -141,6 +143,7 @@ class _Caller:
         self.backoff = backoff
         self.reconnects = 0
         self.sent: dict[str, int] = {}
+        self._reconnect_lock = asyncio.Lock()
         # Set when the peer came from the peer cache: repairs a stale access hash once (see export_chat).
         self.on_stale_peer: Callable[[], Awaitable[bool]] | None = None
 
@@ -192,10 +195,11 @@ class _Caller:
         delay = min(self.backoff * 2 ** (failures - 1), 60.0)
         self.progress.set_stage(f"reconnecting (attempt {failures})")
         await asyncio.sleep(delay)
-        if not self.client.is_connected():
-            with contextlib.suppress(*_RETRYABLE):
-                await self.client.connect()
-                self.reconnects += 1
+        async with self._reconnect_lock:  # one reconnect however many requests (downloads) failed together
+            if not self.client.is_connected():
+                with contextlib.suppress(*_RETRYABLE):
+                    await self.client.connect()
+                    self.reconnects += 1
         self.progress.set_stage("fetching")
 
 
@@ -356,14 +360,41 @@ class _MediaWorker:
         dest = safe_path(self.dir, name)
         t0 = self.metrics.start()
         tmp = dest.with_name(dest.name + ".part")
-        for attempt in range(_REFERENCE_REFRESHES + 1):
+        refreshes = failures = 0
+        while True:
+            waited = await self.call.pacer.acquire(_GET_FILE)
+            if waited:
+                self.metrics.add_time("pacing", waited)
             try:
                 await self.client.download_media(message, file=str(tmp))
                 break
+            except tl_errors.FloodWaitError as exc:
+                # Blocks downloads only (history keeps going); above the ceiling this file fails.
+                failures += 1
+                if failures > self.call.max_retries:
+                    raise
+                await self.call.pacer.flood_wait(
+                    exc.seconds,
+                    _GET_FILE,
+                    peer=self.call.peer,
+                    on_wait=lambda s, n: self.progress.countdown(s, f"FLOOD_WAIT on {n}"),
+                )
+                flood_marks = getattr(self.client, "_flood_waited_requests", {})
+                flood_marks.pop(functions.upload.GetFileRequest.CONSTRUCTOR_ID, None)
+                continue
+            except _DOWNLOAD_RETRYABLE:
+                # The connection dropped under the download (the fetch loop sees it too): back off,
+                # reconnect (once for everyone), download again.  Local file errors are not retried.
+                failures += 1
+                if failures > self.call.max_retries:
+                    raise
+                await self.call._recover(failures)
+                continue
             except tl_errors.FileReferenceExpiredError:
                 # A fresh reference can expire again mid-download (a long file, a busy account): a few
                 # refreshes, never an endless loop.
-                if attempt == _REFERENCE_REFRESHES:
+                refreshes += 1
+                if refreshes > _REFERENCE_REFRESHES:
                     raise
                 # References expire; a fresh copy of the message carries a fresh one.
                 fresh = await self.call(
