@@ -8,9 +8,13 @@ docs/ARCHITECTURE.md).  Unknown values are ``None`` (null), never 0.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator, Sequence
+import operator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from functools import partial
+from itertools import chain
 from typing import Any
 
 import polars as pl
@@ -250,6 +254,74 @@ def polars_schema() -> pl.Schema:
     return pl.Schema(pl.from_arrow(arrow_schema().empty_table()).schema)  # type: ignore[union-attr]
 
 
+_PL_SCHEMA = polars_schema()
+_PL_UTC_US = pl.Datetime("us", "UTC")
+_ENTITY_PL: pl.Struct = _PL_SCHEMA["entities"].inner  # type: ignore[attr-defined]
+_REACTION_PL: pl.Struct = _PL_SCHEMA["reactions"].inner  # type: ignore[attr-defined]
+# Polars dtypes of the scalar columns as they are built (dates as Int64 epoch seconds).
+_PL_RAW: dict[str, pl.DataType] = {
+    name: (pl.Int64() if name in DATE_COLUMNS else dtype)
+    for name, dtype in _PL_SCHEMA.items()
+    if name not in LIST_COLUMNS
+}
+
+
+def _series(name: str, values: Sequence[Any], dtype: Any) -> pl.Series:
+    """A typed Series from a Python column: Polars' own conversion is 2-3x faster per value than
+    ``pa.array`` (measured on the demo mix, ~8 ns per int)."""
+    # An all-null column (media_path, media_error, date_naive in a plain export) skips the conversion,
+    # whose first-non-None scan is a Python loop.  any() stops at the first truthy value, so the
+    # count runs only when every value is falsy.
+    if not any(values) and values.count(None) == len(values):
+        return pl.Series(name, dtype=dtype).extend_constant(None, len(values))
+    try:
+        return pl.Series(name, values, dtype)
+    except UnicodeEncodeError:
+        return pl.Series(name, [_scrub(v) for v in values], dtype)
+
+
+def _list_series(
+    name: str, offsets: pa.Array, nulls: pa.Array | None, children: Sequence[Sequence[Any]], struct: pl.Struct
+) -> pl.Series:
+    """``list[struct]`` from flat child columns and int32 offsets (``nulls``: one bool per row, or None)."""
+    child = pl.DataFrame([_series(f.name, col, f.dtype) for f, col in zip(struct.fields, children)])
+    values = child.to_struct(name).to_arrow()
+    return pl.Series(name, pa.ListArray.from_arrays(offsets, values, mask=nulls))
+
+
+def _decode_offsets(raw_offsets: list[int]) -> tuple[pa.Array, pa.Array | None]:
+    # ColumnBatch stores a null entry as a negative end offset, ~end: max(x, ~x) recovers the end.
+    raw = pl.Series(raw_offsets, dtype=pl.Int32).to_arrow()
+    is_null = pc.less(raw, 0)
+    if not pc.any(is_null).as_py():
+        return raw, None
+    return pc.max_element_wise(raw, pc.bit_wise_not(raw)), is_null.slice(1)
+
+
+def _arrow(df: pl.DataFrame) -> pa.Table:
+    # Polars exports string_view/large types; the dataset's Parquet schema is plain string/list.
+    return df.to_arrow().cast(arrow_schema())
+
+
+_Nested = tuple[pa.Array, "pa.Array | None", Sequence[Sequence[Any]]]  # (offsets, nulls, children)
+
+
+def _frame(column: Callable[[str], Sequence[Any]], entities: _Nested, reactions: _Nested) -> pl.DataFrame:
+    """The typed message frame from per-field Python columns (``column(name)``) and the two nested
+    columns as (offsets, nulls, children): one conversion per column, dates cast once from epoch seconds."""
+    series = []
+    for name in MESSAGE_COLUMNS:
+        if name == "entities":
+            series.append(_list_series(name, *entities, _ENTITY_PL))
+        elif name == "reactions":
+            series.append(_list_series(name, *reactions, _REACTION_PL))
+        elif name in DATE_COLUMNS:
+            series.append((_series(name, column(name), pl.Int64()) * 1_000_000).cast(_PL_UTC_US))
+        else:
+            series.append(_series(name, column(name), _PL_RAW[name]))
+    return pl.DataFrame(series)
+
+
 # --------------------------------------------------------------------------------------------------
 # Column batches: the bulk path appends straight into per-field lists; nested lists are kept flat
 # (offsets + child columns) so building Arrow arrays never walks Python dicts.
@@ -262,7 +334,7 @@ class ColumnBatch:
     list columns passed as iterables of tuples in ``ENTITY_FIELDS``/``REACTION_FIELDS`` order, or None).
     """
 
-    __slots__ = ("_scalar", "cols", "ent", "ent_offsets", "n", "rx", "rx_offsets")
+    __slots__ = ("_appends", "_scalar", "cols", "ent", "ent_offsets", "n", "rx", "rx_offsets")
 
     def __init__(self) -> None:
         self.cols: dict[str, list[Any]] = {name: [] for name in MESSAGE_COLUMNS if name not in LIST_COLUMNS}
@@ -273,6 +345,17 @@ class ColumnBatch:
         self.n = 0
         # (row index, column list) for the scalar columns, in row order: the hot loop of append_row
         self._scalar = [self.cols[name].append for name in MESSAGE_COLUMNS if name not in LIST_COLUMNS]
+        # one callable per row position (list.append, or the nested adder): append_row maps a row over
+        # them in C, ~3x faster than a Python loop with index checks (measured on the demo mix)
+        appends = iter(self._scalar)
+        self._appends = [
+            partial(_add_nested, children=self.ent, offsets=self.ent_offsets)
+            if name == "entities"
+            else partial(_add_nested, children=self.rx, offsets=self.rx_offsets)
+            if name == "reactions"
+            else next(appends)
+            for name in MESSAGE_COLUMNS
+        ]
 
     def __len__(self) -> int:
         return self.n
@@ -285,16 +368,9 @@ class ColumnBatch:
 
     def append_row(self, row: Sequence[Any]) -> None:
         """Append one row tuple in ``MESSAGE_COLUMNS`` order (list columns as lists of tuples or None)."""
-        appends = self._scalar
-        i = 0
-        for j, value in enumerate(row):
-            if j == _ENT_INDEX:
-                _add_nested(value, self.ent, self.ent_offsets)
-            elif j == _RX_INDEX:
-                _add_nested(value, self.rx, self.rx_offsets)
-            else:
-                appends[i](value)
-                i += 1
+        if len(row) != len(MESSAGE_COLUMNS):
+            raise ValueError(f"a message row has {len(MESSAGE_COLUMNS)} values, got {len(row)}")
+        deque(map(operator.call, self._appends, row), 0)
         self.n += 1
 
     def extend_rows(self, rows: Sequence[Sequence[Any]]) -> None:
@@ -334,66 +410,43 @@ class ColumnBatch:
         self.n += 1
 
     def to_arrow(self) -> pa.Table:
-        """An Arrow table with the dataset schema (dates cast to ``timestamp[us, UTC]``)."""
-        arrays = []
-        for name in MESSAGE_COLUMNS:
-            if name == "entities":
-                arrays.append(_list_array(self.ent_offsets, self.ent, _ENTITY_ARROW))
-            elif name == "reactions":
-                arrays.append(_list_array(self.rx_offsets, self.rx, _REACTION_ARROW))
-            elif name in DATE_COLUMNS:
-                secs = pa.array(self.cols[name], pa.int64())
-                arrays.append(pc.multiply(secs, 1_000_000).cast(_UTC_US))
-            else:
-                arrays.append(_array(self.cols[name], _RAW_ARROW[name]))
-        return pa.Table.from_arrays(arrays, schema=arrow_schema())
+        """An Arrow table with the dataset schema (dates cast to ``timestamp[us, UTC]``).
+
+        Built through :meth:`to_polars` and one Arrow cast: converting the Python values in Polars is
+        ~1.5x faster end to end than ``pa.array`` per column, cast included."""
+        return _arrow(self.to_polars())
 
     def to_polars(self) -> pl.DataFrame:
-        return pl.from_arrow(self.to_arrow())  # type: ignore[return-value]
+        """A typed frame (schema: :func:`polars_schema`), also when empty."""
+        ent = (*_decode_offsets(self.ent_offsets), self.ent)
+        rx = (*_decode_offsets(self.rx_offsets), self.rx)
+        return _frame(self.cols.__getitem__, ent, rx)
 
 
 def _add_nested(
     items: Iterable[Sequence[Any]] | None, children: tuple[list[Any], ...], offsets: list[int]
 ) -> None:
-    # offsets[0] holds the running total; a null entry is recorded as a negative end offset.
+    # offsets[-1] holds the running end; a null entry is recorded as a negative end offset, ~end.
+    end = offsets[-1]
+    if end < 0:
+        end = ~end
     if items is None:
-        offsets.append(-1 - abs(_last(offsets)))
+        offsets.append(~end)
         return
-    end = _last(offsets)
-    for item in items:
-        for col, value in zip(children, item):
-            col.append(value)
-        end += 1
-    offsets.append(end)
-
-
-def _last(offsets: list[int]) -> int:
-    v = offsets[-1]
-    return v if v >= 0 else -1 - v
-
-
-def _array(values: list[Any], dtype: pa.DataType) -> pa.Array:
-    try:
-        return pa.array(values, dtype)
-    except UnicodeEncodeError:
-        # Lone surrogates (from JSON imports or other sources; Telethon itself decodes with
-        # errors="replace") cannot be UTF-8: store U+FFFD in their place, as Telethon would.
-        return pa.array([_scrub(v) for v in values], dtype)
+    if not isinstance(items, list | tuple):
+        items = list(items)
+    if items:  # transpose in C (zip), one extend per child column
+        for col, values in zip(children, zip(*items)):
+            col.extend(values)
+    offsets.append(end + len(items))
 
 
 def _scrub(value: Any) -> Any:
+    # Lone surrogates (from JSON imports or other sources; Telethon itself decodes with
+    # errors="replace") cannot be UTF-8: store U+FFFD in their place, as Telethon would.
     if isinstance(value, str):  # UTF-16 round trip: a valid pair becomes its character, a lone half U+FFFD
         return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return value
-
-
-def _list_array(offsets: list[int], children: tuple[list[Any], ...], struct: pa.StructType) -> pa.Array:
-    child_arrays = [_array(col, struct.field(i).type) for i, col in enumerate(children)]
-    values = pa.StructArray.from_arrays(child_arrays, fields=list(struct))
-    raw = pa.array(offsets, pa.int32())
-    is_null = pc.less(raw, 0)
-    clean = pc.if_else(is_null, pc.subtract(-1, raw), raw)
-    return pa.ListArray.from_arrays(clean, values, type=pa.list_(struct), mask=is_null.slice(1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -447,8 +500,65 @@ class Records(Sequence[ExportedMessage]):
         return batch
 
     def to_arrow(self) -> pa.Table:
-        return self.to_batch().to_arrow()
+        """An Arrow table with the dataset schema (:func:`arrow_schema`)."""
+        return _arrow(self.to_polars())
 
     def to_polars(self) -> pl.DataFrame:
-        """A typed frame (schema: :func:`polars_schema`), also when empty."""
-        return self.to_batch().to_polars()
+        """A typed frame (schema: :func:`polars_schema`), also when empty.
+
+        Columns are read straight off the records, one compiled comprehension per field, in chunks of
+        ``_CHUNK`` records (bounded transient lists), then converted like a :class:`ColumnBatch`."""
+        items = self._items
+        if len(items) <= _CHUNK:
+            return _records_frame(items)
+        return pl.concat([_records_frame(items[i : i + _CHUNK]) for i in range(0, len(items), _CHUNK)])
+
+    @classmethod
+    def from_polars(cls, df: pl.DataFrame) -> Records:
+        """Records back from a message frame (the inverse of :meth:`to_polars`; dates truncate to seconds)."""
+        df = df.select(
+            pl.col(name).dt.epoch("s") if name in DATE_COLUMNS else pl.col(name) for name in MESSAGE_COLUMNS
+        )
+        columns = [df.get_column(name).to_list() for name in MESSAGE_COLUMNS]
+        with gc_paused():
+            columns[_ENT_INDEX] = [
+                None if v is None else [Entity(*d.values()) for d in v] for v in columns[_ENT_INDEX]
+            ]
+            columns[_RX_INDEX] = [
+                None if v is None else [Reaction(*d.values()) for d in v] for v in columns[_RX_INDEX]
+            ]
+            return cls(map(ExportedMessage, *columns))
+
+
+def _column_reader(names: Sequence[str]) -> Callable[[Sequence[Any]], list[list[Any]]]:
+    """``items -> [[r.<name> for r in items] for each name]``, compiled once from the field names.
+
+    Literal attribute loads in a comprehension specialise to direct slot reads (CPython 3.11+): measured
+    ~2x faster than ``operator.attrgetter`` per field, or one tuple per record transposed with ``zip``."""
+    body = ", ".join(f"[r.{name} for r in items]" for name in names)
+    namespace: dict[str, Any] = {}
+    exec(f"def read(items):\n    return [{body}]\n", namespace)  # names are dataclass field names
+    return namespace["read"]  # type: ignore[no-any-return]
+
+
+_CHUNK = 65_536  # records per conversion chunk: bounds the transient per-field lists
+_read_messages = _column_reader(MESSAGE_COLUMNS)
+_read_entities = _column_reader(ENTITY_FIELDS)
+_read_reactions = _column_reader(REACTION_FIELDS)
+
+
+def _records_frame(items: Sequence[ExportedMessage]) -> pl.DataFrame:
+    columns = _read_messages(items)
+    ent = _flatten(columns[_ENT_INDEX], _read_entities)
+    rx = _flatten(columns[_RX_INDEX], _read_reactions)
+    return _frame(dict(zip(MESSAGE_COLUMNS, columns)).__getitem__, ent, rx)
+
+
+def _flatten(
+    values: list[list[Any] | None], read: Callable[[Sequence[Any]], list[list[Any]]]
+) -> tuple[pa.Array, pa.Array | None, list[list[Any]]]:
+    """Nested record lists -> (int32 offsets, nulls or None, flat child columns)."""
+    lengths = pl.Series([-1 if v is None else len(v) for v in values], dtype=pl.Int32)
+    offsets = pl.concat([pl.Series([0], dtype=pl.Int32), lengths.clip(0).cum_sum()]).to_arrow()
+    nulls = (lengths < 0).to_arrow() if lengths.min() == -1 else None  # type: ignore[operator]
+    return offsets, nulls, read(list(chain.from_iterable(filter(None, values))))
