@@ -71,14 +71,14 @@ def test_notebook_is_executed_and_clean(name: str) -> None:
         src = _source(cell)
         if IGNORE_MARK in src:
             # nbval only honours the marker alone on its line; by convention it is the first line
-            assert src.splitlines()[0].strip() == IGNORE_MARK, f"{where}: {IGNORE_MARK} must be the first line"
+            assert src.splitlines()[0].strip() == IGNORE_MARK, (
+                f"{where}: {IGNORE_MARK} must be the first line"
+            )
 
 
 @pytest.mark.parametrize("name", EXPECTED)
 def test_plot_cells_rendered_an_image(name: str) -> None:
-    plot_cells = [
-        (i, c) for i, c in enumerate(_code_cells(_load(name)), 1) if PLOT_CALL.search(_source(c))
-    ]
+    plot_cells = [(i, c) for i, c in enumerate(_code_cells(_load(name)), 1) if PLOT_CALL.search(_source(c))]
     assert plot_cells, f"{name} has no plot"
     for i, cell in plot_cells:
         images = [o for o in cell["outputs"] if "image/png" in o.get("data", {})]

@@ -30,9 +30,21 @@ _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 _ENTITY_NAMES: dict[type, str] = {}
 _ACTION_NAMES: dict[type, str] = {}
 
-# The original (un-patched) Message constructors: Telethon subclasses them, isinstance still works.
+# Telethon decodes into its patched classes (ABCs: isinstance on them is slow), so the hot path compares
+# exact types against both the patched and the generated classes.
 _MessageService = types.MessageService
 _MessageEmpty = types.MessageEmpty
+
+
+def _both(cls: type) -> frozenset[type]:
+    return frozenset(
+        k for k in cls.__mro__ if k.__name__ == cls.__name__ and k.__module__.startswith("telethon")
+    )
+
+
+_EMPTY = _both(types.MessageEmpty)
+_SERVICE = _both(types.MessageService)
+_PLAIN = _both(types.Message)
 
 
 def _snake(name: str) -> str:
@@ -75,21 +87,35 @@ def _dt(value: Any) -> int | None:
     return None if value is None else int(value.timestamp())
 
 
+# Per entity class: (type name, has url, has user_id, has document_id, has language).  getattr with a
+# default on a missing attribute raises and catches AttributeError inside: ~10x a plain attribute read.
+_ENTITY_SPECS: dict[type, tuple[str, bool, bool, bool, bool]] = {}
+
+
+def _entity_spec(entity: Any) -> tuple[str, bool, bool, bool, bool]:
+    cls = type(entity)
+    spec = (entity_type_name(cls), hasattr(entity, "url"), hasattr(entity, "user_id"),
+            hasattr(entity, "document_id"), hasattr(entity, "language"))  # fmt: skip
+    _ENTITY_SPECS[cls] = spec
+    return spec
+
+
 def _entities(items: list[Any] | None) -> list[tuple] | None:
     if items is None:
         return None
     out = []
+    specs = _ENTITY_SPECS
     for e in items:
-        cls = type(e)
+        spec = specs.get(type(e)) or _entity_spec(e)
         out.append(
             (
-                _ENTITY_NAMES.get(cls) or entity_type_name(cls),
+                spec[0],
                 e.offset,
                 e.length,
-                getattr(e, "url", None),
-                getattr(e, "user_id", None),
-                getattr(e, "document_id", None),
-                getattr(e, "language", None),
+                e.url if spec[1] else None,
+                e.user_id if spec[2] else None,
+                e.document_id if spec[3] else None,
+                e.language if spec[4] else None,
             )
         )
     return out
@@ -104,16 +130,21 @@ def _reactions(reactions: Any) -> tuple[list[tuple] | None, int | None]:
         r = rc.reaction
         count = rc.count
         total += count
-        if isinstance(r, types.ReactionEmoji):
+        cls = type(r)
+        if cls is _ReactionEmoji:
             out.append((r.emoticon, None, count))
-        elif isinstance(r, types.ReactionCustomEmoji):
+        elif cls is _ReactionCustomEmoji:
             out.append((None, r.document_id, count))
-        elif isinstance(r, types.ReactionPaid):
+        elif cls is _ReactionPaid:
             out.append(("paid", None, count))
         else:
-            out.append((type(r).__name__, None, count))
+            out.append((cls.__name__, None, count))
     return out, total
 
+
+_ReactionEmoji = types.ReactionEmoji
+_ReactionCustomEmoji = types.ReactionCustomEmoji
+_ReactionPaid = types.ReactionPaid
 
 _DOC_KIND_ATTRS = (
     (types.DocumentAttributeSticker, "sticker"),
@@ -184,7 +215,8 @@ def _media(media: Any) -> tuple:
 
 def message_row(m: Any, chat_id: int) -> tuple | None:
     """One message as a row tuple (``MESSAGE_COLUMNS`` order), or None for ``MessageEmpty``."""
-    if isinstance(m, _MessageEmpty):
+    cls = type(m)
+    if cls in _EMPTY or (cls not in _PLAIN and cls not in _SERVICE and isinstance(m, _MessageEmpty)):
         return None
     from_id = m.from_id
     if from_id is None:
@@ -194,7 +226,7 @@ def message_row(m: Any, chat_id: int) -> tuple | None:
 
     reply = m.reply_to
     reply_to_id = thread_id = None
-    if reply is not None and isinstance(reply, types.MessageReplyHeader):
+    if reply is not None and type(reply) is types.MessageReplyHeader:
         reply_to_id = reply.reply_to_msg_id
         thread_id = reply.reply_to_top_id or reply_to_id
 
@@ -205,7 +237,7 @@ def message_row(m: Any, chat_id: int) -> tuple | None:
     else:
         fwd_kind = fwd_id = fwd_name = fwd_date = fwd_post = None
 
-    if isinstance(m, _MessageService):
+    if cls in _SERVICE or (cls not in _PLAIN and isinstance(m, _MessageService)):
         action = m.action
         return (
             chat_id, m.id, int(m.date.timestamp()), sender_id, sender_kind, None, None,

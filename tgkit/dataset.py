@@ -47,6 +47,12 @@ VERSION = 1
 CHECKPOINT_NAME = "_checkpoint.json"
 MANIFEST_NAME = "manifest.json"
 _MAX_STATE_BYTES = 64 * 1024 * 1024
+# zstd level 1 with dictionaries only where values repeat: measured on the demo mix, writing takes
+# 2.4 us/msg instead of 4.3 (level 3, dictionaries everywhere) for 63 instead of 59 bytes per message.
+DICTIONARY_COLUMNS = [
+    "chat_id", "sender_kind", "fwd_peer_kind", "post_author", "media_type", "media_mime", "service_action",
+    "fwd_name",
+]  # fmt: skip
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o600) -> None:
@@ -239,7 +245,14 @@ class ChatPartition:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.dir)
         os.close(fd)
         try:
-            pq.write_table(table, tmp, compression="zstd", compression_level=3, write_statistics=True)
+            pq.write_table(
+                table,
+                tmp,
+                compression="zstd",
+                compression_level=1,
+                use_dictionary=DICTIONARY_COLUMNS,
+                write_statistics=True,
+            )
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, final)

@@ -496,7 +496,7 @@ class _Writer:
                 paths[idx] = path
                 errors_[idx] = err
         t0 = self.metrics.start()
-        table = await asyncio.to_thread(item.batch.to_arrow)
+        table = item.batch.to_arrow()  # GIL-bound: a thread would only contend with the fetch loop
         self.cp, nbytes = await asyncio.to_thread(self.part.write_part, self.cp, table, last_id=item.last_id)
         await asyncio.to_thread(update_manifest, self.root, self.cp)
         self.metrics.stop("write", t0)
