@@ -341,3 +341,50 @@ def test_schema_doc_is_generated_from_the_code():
         "docs/SCHEMA.md is stale: run python -m tgkit.schema_doc > docs/SCHEMA.md"
     )
     assert set(schema_doc.COLUMN_DOCS) == set(MESSAGE_COLUMNS)
+
+
+def test_rerun_retries_media_that_failed_and_fixes_the_rows(tmp_path):
+    world = small_world()
+    out = tmp_path / "ds"
+    server = OfflineServer(world)
+    # the first five downloads fail for good in this run (not an error tgkit retries within a run)
+    server.faults.rpc_error("FILE_ID_INVALID", request="upload.GetFile", nth=1, times=5)
+
+    async def go(client, **kw):
+        return await tgkit.export_chat(
+            client,
+            "@tgkit_demo",
+            out,
+            progress=False,
+            peer_cache=False,
+            media=["photo", "document"],
+            batch_size=200,
+            **kw,
+        )
+
+    first = run(_with_client(world, go, server=server))
+    df1 = tgkit.open_dataset(out).collect()
+    failed = df1.filter(pl.col("media_error").is_not_null())
+    assert first.media_failed == failed.height == 5
+    assert failed["media_path"].null_count() == 5
+    parts_before = ChatPartition(out, CHANNEL_ID).load().parts  # type: ignore[union-attr]
+
+    second = run(_with_client(world, go, server=server))
+    assert second.media_retried == 5 and second.media_recovered == 5 and second.messages == 0
+    df2 = tgkit.open_dataset(out).collect()
+    assert df2["id"].to_list() == df1["id"].to_list()  # same rows, same order: no gap, no duplicate
+    assert df2.filter(pl.col("media_type").is_in(["photo", "document"]))["media_error"].null_count() == (
+        df2.filter(pl.col("media_type").is_in(["photo", "document"])).height
+    )
+    for row in df2.filter(pl.col("id").is_in(failed["id"].implode())).iter_rows(named=True):
+        assert (out / row["media_path"]).read_bytes() == world.file(row["media_file_id"]).data
+    # only the parts holding those rows were swapped; the others are untouched
+    parts_after = ChatPartition(out, CHANNEL_ID).load().parts  # type: ignore[union-attr]
+    assert len(parts_after) == len(parts_before) and 0 < len(set(parts_after) - set(parts_before)) < len(
+        parts_before
+    )
+    assert sorted(p.name for p in (out / f"chat_id={CHANNEL_ID}").glob("part-*.parquet")) == sorted(
+        parts_after
+    )
+    # a third run has nothing left to retry
+    assert run(_with_client(world, go, server=server)).media_retried == 0

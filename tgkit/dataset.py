@@ -238,21 +238,30 @@ class ChatPartition:
                 (self.dir / p).unlink()
         return new, nbytes
 
-    def _write_named(
-        self, cp: Checkpoint, table: pa.Table, name: str, *, last_id: int
-    ) -> tuple[Checkpoint, int]:
+    def swap_part(self, cp: Checkpoint, old: str, table: pa.Table) -> tuple[Checkpoint, int]:
+        """Replace committed part ``old`` by ``table`` (same rows, corrected values), keeping its place in
+        the part order; the checkpoint commits the swap, then the old file is removed (or by the next start)."""
+        if old not in cp.parts:
+            raise CacheError(f"part {old} is not committed in {self.checkpoint_path}")
+        name = self.next_part_name(cp)
+        nbytes = self._stage(table, name)
+        parts = [name if p == old else p for p in cp.parts]
+        new = Checkpoint(
+            self.chat_id, cp.last_id, parts, cp.rows, cp.peer, cp.title, time.time(), cp.refreshed_until
+        )
+        self.commit(new)
+        with contextlib.suppress(OSError):
+            (self.dir / old).unlink()
+        return new, nbytes
+
+    def _stage(self, table: pa.Table, name: str) -> int:
+        """Write ``table`` as part ``name``: temp file, fsync, rename.  Not committed until a checkpoint lists it."""
         final = self.dir / name
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.dir)
         os.close(fd)
         try:
-            pq.write_table(
-                table,
-                tmp,
-                compression="zstd",
-                compression_level=1,
-                use_dictionary=DICTIONARY_COLUMNS,
-                write_statistics=True,
-            )
+            pq.write_table(table, tmp, compression="zstd", compression_level=1, use_dictionary=DICTIONARY_COLUMNS,
+                           write_statistics=True)  # fmt: skip
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
@@ -260,18 +269,16 @@ class ChatPartition:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        new = Checkpoint(
-            self.chat_id,
-            max(cp.last_id, last_id),
-            [*cp.parts, name],
-            cp.rows + table.num_rows,
-            cp.peer,
-            cp.title,
-            time.time(),
-            cp.refreshed_until,
-        )
+        return final.stat().st_size
+
+    def _write_named(
+        self, cp: Checkpoint, table: pa.Table, name: str, *, last_id: int
+    ) -> tuple[Checkpoint, int]:
+        nbytes = self._stage(table, name)
+        new = Checkpoint(self.chat_id, max(cp.last_id, last_id), [*cp.parts, name], cp.rows + table.num_rows,
+                         cp.peer, cp.title, time.time(), cp.refreshed_until)  # fmt: skip
         self.commit(new)
-        return new, final.stat().st_size
+        return new, nbytes
 
     def read(self, cp: Checkpoint) -> pl.DataFrame:
         if not cp.parts:

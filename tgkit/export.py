@@ -38,7 +38,7 @@ from .jupyter import Progress, make_progress, run_sync
 from .media import media_file_name, normalise_media_kinds, safe_path
 from .metrics import MetricsCollector, ResourceMonitor
 from .pacing import Pacer
-from .records import MESSAGE_COLUMNS, ColumnBatch, Records
+from .records import MESSAGE_COLUMNS, ColumnBatch, Records, arrow_schema
 
 __all__ = [
     "ExportResult",
@@ -86,6 +86,8 @@ class ExportResult:
     pages: int = 0
     media_downloaded: int = 0
     media_failed: int = 0
+    media_retried: int = 0  # rows whose earlier failed download was tried again by this run
+    media_recovered: int = 0
     transcoded: int = 0
     flood_waits: int = 0
     flood_wait_seconds: float = 0.0
@@ -527,6 +529,7 @@ async def export_chat(
     transcode: bool = False,
     takeout: bool = False,
     refresh_days: float = 0,
+    retry_media: bool = True,
     metrics: bool = True,
     monitor: bool | float = True,
     pacer: Pacer | None = None,
@@ -538,7 +541,9 @@ async def export_chat(
     ``["photo", "video"]``; files go to ``out/media/chat_id=<id>/`` and the rows point at them.
     ``transcode=True`` also normalises videos to H.264/720p (VA-API when present, else CPU).
     ``refresh_days=N`` re-reads the last N days on an incremental run to capture edits, reactions,
-    view counts and deletions.  ``peer_cache=False`` disables the persistent peer cache.
+    view counts and deletions.  With ``media``, a rerun first retries the media of committed rows whose
+    download failed (``retry_media=False`` skips that).  ``peer_cache=False`` disables the persistent
+    peer cache.
     """
     root = check_output_dir(out)  # before any request is sent
     _protect_session_file(client)
@@ -592,6 +597,8 @@ async def export_chat(
         )  # fmt: skip
         if refresh_days and cp.last_id:
             cp = await _refresh(caller, via, peer, part, cp, refresh_days, collector, bar, result, root)
+        if worker is not None and cp.parts and retry_media:
+            cp = await _retry_media(caller, peer, part, cp, worker, bar, result, root)
         writer = _Writer(part, cp, collector, result, root)
         writer.start()
         bar.set_stage("fetching")
@@ -763,6 +770,74 @@ async def _stream(
         raise
     if len(batch):
         await writer.submit(_Pending(batch, top, media_tasks))
+
+
+async def _retry_media(
+    caller: _Caller,
+    peer: Any,
+    part: ChatPartition,
+    cp: Checkpoint,
+    worker: _MediaWorker,
+    bar: Progress,
+    result: ExportResult,
+    root: Path,
+) -> Checkpoint:
+    """Download again the media of committed rows that recorded an error (an interrupted run, a
+    transient failure), and swap the parts that held them for corrected ones."""
+    for name in list(cp.parts):
+        path = part.dir / name
+        probe = pl.read_parquet(path, columns=["id", "media_type", "media_error"])
+        ids = probe.filter(
+            pl.col("media_error").is_not_null() & pl.col("media_type").is_in(sorted(worker.kinds))
+        )["id"].to_list()
+        if not ids:
+            continue
+        bar.set_stage(f"retrying {len(ids)} media file(s)")
+        fixed: dict[int, tuple[str | None, str | None]] = {}
+        for start in range(0, len(ids), PAGE):
+            chunk = [types.InputMessageID(i) for i in ids[start : start + PAGE]]
+            if isinstance(peer, types.InputPeerChannel):
+                page = await caller(
+                    functions.channels.GetMessagesRequest(peer, chunk), "channels.GetMessages"
+                )
+            else:
+                page = await caller(functions.messages.GetMessagesRequest(chunk), "messages.GetMessages")
+            jobs = []
+            for msg in page.messages:
+                row = convert.message_row(msg, part.chat_id)
+                if row is not None and worker.wanted(row):
+                    jobs.append((msg.id, asyncio.create_task(worker.fetch(msg, row))))
+            for msg_id, task in jobs:
+                fixed[msg_id] = await task
+        if not fixed:
+            continue
+        recovered = sum(1 for p, err in fixed.values() if err is None and p is not None)
+        result.media_retried += len(fixed)
+        result.media_recovered += recovered
+        df = pl.read_parquet(path)
+        upd = pl.DataFrame(
+            {
+                "id": list(fixed),
+                "_path": [p for p, _ in fixed.values()],
+                "_err": [e for _, e in fixed.values()],
+            },
+            schema={"id": pl.Int64, "_path": pl.String, "_err": pl.String},
+        )
+        df = (
+            df.join(upd, on="id", how="left", maintain_order="left")
+            .with_columns(
+                media_path=pl.when(pl.col("_err").is_null() & pl.col("_path").is_not_null())
+                .then(pl.col("_path"))
+                .otherwise(pl.col("media_path")),
+                media_error=pl.when(pl.col("id").is_in(list(fixed)))
+                .then(pl.col("_err"))
+                .otherwise(pl.col("media_error")),
+            )
+            .drop("_path", "_err")
+        )
+        cp, _ = await asyncio.to_thread(part.swap_part, cp, name, df.to_arrow().cast(arrow_schema()))
+        update_manifest(root, cp)
+    return cp
 
 
 async def _refresh(
