@@ -29,6 +29,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ._files import atomic_write_bytes
 from .errors import CacheError, ExportError
 from .records import MESSAGE_COLUMNS, arrow_schema, polars_schema
 
@@ -53,23 +54,6 @@ DICTIONARY_COLUMNS = [
     "chat_id", "sender_kind", "fwd_peer_kind", "post_author", "media_type", "media_mime", "service_action",
     "fwd_name",
 ]  # fmt: skip
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _read_json_state(path: Path, what: str) -> dict[str, Any]:

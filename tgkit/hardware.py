@@ -29,7 +29,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ._files import atomic_write_bytes
 from .config import cache_dir as _resolve_cache_dir
 from .config import env_flag, setting
 from .errors import HardwareError
@@ -900,17 +900,7 @@ def _read_cache(path: Path, key: dict[str, Any]) -> HardwareReport | None:
 def _write_cache(path: Path, key: dict[str, Any], report: HardwareReport) -> None:
     data = {"key": key, "report": report.to_dict()}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".hardware-", suffix=".tmp", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(path, json.dumps(data).encode())
     except OSError as exc:  # a read-only cache dir must not stop an export
         log.warning("cannot write hardware cache %s: %s", path, exc)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import threading
 import time
 from array import array
@@ -30,6 +29,7 @@ from typing import Any, Final
 
 import polars as pl
 
+from ._files import atomic_write
 from .errors import CacheError
 
 __all__ = [
@@ -69,20 +69,6 @@ _LONG_SCHEMA: Final[dict[str, pl.DataType | type[pl.DataType]]] = {
     "value": pl.Float64,
     "t": pl.Float64,
 }
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write via a temp file in the same directory, then ``os.replace``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _split_name(name: str, default_stage: str) -> tuple[str, str]:
@@ -424,7 +410,7 @@ class MetricsCollector:
         """Write :meth:`to_dict` as JSON, atomically; returns the path."""
         path = Path(path)
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
-        _atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+        atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
         return path
 
     @classmethod
@@ -545,7 +531,7 @@ class ResourceSamples:
         """Write :meth:`to_polars` as Parquet, atomically; returns the path."""
         path = Path(path)
         frame = self.to_polars()
-        _atomic_write(path, lambda tmp: frame.write_parquet(tmp))
+        atomic_write(path, lambda tmp: frame.write_parquet(tmp))
         return path
 
 

@@ -15,7 +15,6 @@ import contextlib
 import math
 import os
 import re
-import tempfile
 import time
 import warnings
 import zlib
@@ -26,6 +25,7 @@ from typing import Any, NoReturn, TypeVar
 
 import msgpack
 
+from ._files import atomic_write_bytes
 from .config import cache_dir
 from .errors import ConfigError, PeerNotFound, is_peer_error, translate_telethon_error
 from .records import CacheEntry
@@ -864,18 +864,7 @@ class PeerCache:
 def _write_file(path: Path, body: dict[str, Any]) -> None:
     packed = msgpack.packb(body, use_bin_type=True)
     data = msgpack.packb([FORMAT_NAME, FORMAT_VERSION, zlib.crc32(packed)], use_bin_type=True) + packed
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600, O_EXCL
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
 
 
 @contextlib.contextmanager
