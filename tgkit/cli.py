@@ -133,7 +133,11 @@ async def _demo(args: argparse.Namespace) -> int:
 
     print()
     for r in results:
-        files = f", {r.media_downloaded} media files" if r.media_downloaded else ""
+        files = ""
+        if r.media_downloaded or r.media_failed:
+            files = f", media: {r.media_downloaded} downloaded, {r.media_failed} failed"
+            if r.media_retried:
+                files += f", {r.media_retried} retried"
         print(f"{r.peer:<14} {r.messages:>6,} rows in {r.seconds:5.2f}s ({r.msgs_per_s:>7,.0f} msg/s){files}")
         calls = ", ".join(f"{k} {v}" for k, v in r.api_calls.items())
         print(f"{'':14} API calls: {calls}")
@@ -181,6 +185,10 @@ async def _demo(args: argparse.Namespace) -> int:
         print(f"Media:     {out / '_media'}/")
     for p in plots:
         print(f"Plot:      {p}")
+    failed = sum(r.media_failed for r in results)
+    if failed:
+        print(f"tgkit: the demo export failed {failed} media download(s); see media_error in the dataset")
+        return 1
     return 0
 
 

@@ -140,8 +140,12 @@ def _part_name(v: Any) -> str:
 
 
 def check_output_dir(out: str | os.PathLike[str]) -> Path:
-    """Make sure ``out`` can hold a dataset (before any request is sent); returns it as a Path."""
-    path = Path(out).expanduser()
+    """Make sure ``out`` can hold a dataset (before any request is sent); returns it as an absolute Path.
+
+    The root is resolved once, here, so every path derived from it during a run (media files, metrics)
+    compares and relativises against the same absolute base, whatever the working directory.
+    """
+    path = Path(out).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise ExportError(f"output path {path} exists and is not a directory")
     try:

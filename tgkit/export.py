@@ -348,12 +348,14 @@ class _MediaWorker:
         """Returns (path relative to the dataset, error) for one message's media."""
         async with self.sem:
             try:
-                return await self._fetch(message, row)
+                path, error = await self._fetch(message, row)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one file's failure is recorded, never aborts the export
+                path, error = None, f"{type(exc).__name__}: {exc}"[:500]
+            if path is None:
                 self.result.media_failed += 1
-                return None, f"{type(exc).__name__}: {exc}"[:500]
+            return path, error
 
     async def _fetch(self, message: Any, row: tuple) -> tuple[str | None, str | None]:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -786,9 +788,12 @@ async def _retry_media(
     transient failure), and swap the parts that held them for corrected ones."""
     for name in list(cp.parts):
         path = part.dir / name
-        probe = pl.read_parquet(path, columns=["id", "media_type", "media_error"])
+        probe = pl.read_parquet(path, columns=["id", "media_type", "media_path", "media_error"])
         ids = probe.filter(
-            pl.col("media_error").is_not_null() & pl.col("media_type").is_in(sorted(worker.kinds))
+            # a row with a file but an error (a transcode that failed) keeps its original: not retried
+            pl.col("media_error").is_not_null()
+            & pl.col("media_path").is_null()
+            & pl.col("media_type").is_in(sorted(worker.kinds))
         )["id"].to_list()
         if not ids:
             continue
