@@ -673,3 +673,30 @@ def test_throttled_update_is_drawn_later_in_virtual_time() -> None:
         progress.close()
 
     run_virtual(main())
+
+
+def test_pacer_blocked_time_is_kept_current_without_other_events_in_virtual_time() -> None:
+    stream = io.StringIO()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 3
+
+        def snapshot() -> dict[str, dict[str, Any]]:
+            return {
+                "messages.GetHistory": {
+                    "rate": 1.0,
+                    "limit": 1.0,
+                    "blocked_for": max(0.0, until - loop.time()),
+                }
+            }
+
+        progress = TextProgress(stream=stream, tty=False, min_interval=0, clock=loop.time, pacer=snapshot)
+        progress.update(messages=1)
+        await asyncio.sleep(10)
+        progress.close()
+
+    run_virtual(main())
+    blocked = [line.rsplit("blocked ", 1)[-1] for line in stream.getvalue().splitlines() if "blocked" in line]
+    assert blocked == ["3s", "2s", "1s"]
+    assert len(stream.getvalue().splitlines()) == 5  # no more ticks once the pacer lets requests go

@@ -632,6 +632,8 @@ class Progress:
             self._trailing.cancel()
             self._trailing = None
         self._render(final=False)
+        if self._tick is None and self._pacer_blocked():
+            self._schedule_tick()
 
     def _loop(self) -> asyncio.AbstractEventLoop | None:
         try:
@@ -659,6 +661,8 @@ class Progress:
             return  # no loop to tick on: the countdown shows its start and disappears at its deadline
         left = self.wait_remaining
         if left <= 0:
+            if self._pacer_blocked():  # the pacer holds requests back: keep its "blocked Ns" current
+                self._tick = loop.call_later(1.0, self._on_tick)
             return
         # tick when the longest wait's remaining seconds cross a whole number: the label changes each tick
         step = left - math.ceil(left - 1.0 + 1e-9)
@@ -672,8 +676,12 @@ class Progress:
         if not self._waits:
             self._close_pause()
         self._refresh(force=True)
-        if self._waits:
-            self._schedule_tick()
+        self._schedule_tick()
+
+    def _pacer_blocked(self) -> bool:
+        return self.pacer is not None and any(
+            float(info.get("blocked_for") or 0.0) > 0 for info in self.pacer_state().values()
+        )
 
     def _cancel_timers(self) -> None:
         for handle in (self._tick, self._trailing):
