@@ -28,6 +28,7 @@ def _run_cell(kc, source: str) -> tuple[list, bool]:
     # store_history=False as nbval does (note: a trailing ";" then does not hide a value)
     msg_id = kc.execute(source, store_history=False, allow_stdin=False)
     outputs: list = []
+    by_display_id: dict[str, list] = {}
     errored = False
     while True:
         try:
@@ -47,6 +48,15 @@ def _run_cell(kc, source: str) -> tuple[list, bool]:
                 out["execution_count"] = None  # set below
             outputs.append(out)
             errored |= kind == "error"
+            display_id = content.get("transient", {}).get("display_id")
+            if display_id:
+                by_display_id.setdefault(display_id, []).append(out)
+        elif kind == "update_display_data":
+            # as a front end does: the output shown under that display id is replaced (tgkit's progress
+            # dashboard takes itself out of the output when the run ends, leaving its final text line)
+            for out in by_display_id.get(content["transient"]["display_id"], []):
+                out["data"] = content["data"]
+                out["metadata"] = content["metadata"]
     kc.get_shell_msg(timeout=CELL_TIMEOUT)  # the execute_reply
     return outputs, errored
 

@@ -34,7 +34,7 @@ from .errors import (
     is_peer_error,
     translate_telethon_error,
 )
-from .jupyter import Progress, make_progress, run_sync
+from .jupyter import Progress, format_rate, format_seconds, make_progress, run_sync
 from .media import media_file_name, normalise_media_kinds, safe_path
 from .metrics import MetricsCollector, ResourceMonitor
 from .pacing import Pacer
@@ -114,7 +114,7 @@ class ExportResult:
         resumed = f", resumed after id {self.resumed_from}" if self.resumed_from else ""
         return (
             f"ExportResult({self.peer!r} -> {self.path}: {self.messages} new rows, {self.total_rows} total"
-            f"{resumed}, {self.seconds:.1f}s, {self.msgs_per_s:,.0f} msg/s)"
+            f"{resumed}, {format_seconds(self.seconds)}, {format_rate(self.msgs_per_s)} msg/s)"
         )
 
 
@@ -346,6 +346,7 @@ class _MediaWorker:
 
     async def fetch(self, message: Any, row: tuple) -> tuple[str | None, str | None]:
         """Returns (path relative to the dataset, error) for one message's media."""
+        self.progress.media_queued(1)
         async with self.sem:
             try:
                 path, error = await self._fetch(message, row)
@@ -355,6 +356,7 @@ class _MediaWorker:
                 path, error = None, f"{type(exc).__name__}: {exc}"[:500]
             if path is None:
                 self.result.media_failed += 1
+            self.progress.media_done(path is not None)
             return path, error
 
     async def _fetch(self, message: Any, row: tuple) -> tuple[str | None, str | None]:
@@ -416,7 +418,6 @@ class _MediaWorker:
         tmp.replace(dest)
         self.metrics.stop("download", t0)
         self.result.media_downloaded += 1
-        self.progress.update(media=1)
         rel = dest.relative_to(self.root).as_posix()
         if self.transcode and kind in ("video", "video_note", "animation"):
             from . import hardware, video
@@ -554,7 +555,6 @@ async def export_chat(
 
         raise ConfigError("batch_size must be at least 1")
     kinds = normalise_media_kinds(media)
-    started = time.perf_counter()
     collector = MetricsCollector(enabled=bool(metrics))
     resource_monitor = (
         ResourceMonitor(interval=monitor if isinstance(monitor, float) else 0.5) if monitor else None
@@ -562,6 +562,7 @@ async def export_chat(
     bar = make_progress(progress, desc=f"export {chat}")
     cache = _default_peer_cache(peer_cache)
     pace = pacer or Pacer.for_client(client, flood_ceiling=flood_ceiling)
+    bar.set_pacer(pace)
     api_before = _api_snapshot(client)
     saved_threshold = client.flood_sleep_threshold
     client.flood_sleep_threshold = 0  # tgkit's own policy handles every flood wait (countdown, ceiling)
@@ -619,6 +620,7 @@ async def export_chat(
             batch_size=batch_size,
             peer_cache=cache,
         )
+        bar.set_stage("downloading media" if worker is not None else "writing")
         await writer.close()
         writer = None
         title = result.title
@@ -635,7 +637,7 @@ async def export_chat(
                 await asyncio.shield(writer.close())
         if isinstance(exc, FloodWaitTooLong | ExportError) and result.chat_id:
             exc.checkpoint = ChatPartition(root, result.chat_id).checkpoint_path
-        bar.close()
+        bar.close(error=exc)
         raise
     finally:
         client.flood_sleep_threshold = saved_threshold
@@ -647,7 +649,7 @@ async def export_chat(
         if cache is not None:
             with contextlib.suppress(Exception):
                 cache.save()
-        result.seconds = time.perf_counter() - started
+        result.seconds = bar.stop()  # the progress's clock: its final line and this repr agree
         result.flood_waits = pace.flood_waits
         result.flood_wait_seconds = pace.flood_wait_s
         result.api_calls = _api_delta(api_before, client, getattr(locals().get("caller"), "sent", {}))

@@ -1,12 +1,17 @@
 """Notebook plots of a run's metrics and resource samples.
 
 matplotlib is imported inside each function (importing tgkit stays light).  The functions build a
-``matplotlib.figure.Figure`` directly rather than through pyplot: no global figure state, works headless
-with any backend, and Jupyter's inline backend still displays the returned figure.
+figure directly rather than through pyplot: no global figure state, works headless with any backend.
+
+They return a :class:`NotebookFigure`, a ``matplotlib.figure.Figure`` that also draws itself as PNG for
+IPython (``_repr_png_``): a fresh notebook shows the picture without ``%matplotlib inline``.  Under the
+inline backend its own Figure formatter wins (one image, never two: the figure is not in pyplot's list,
+so it is not drawn again at the end of the cell); scripts never call the hook (no output, no warning).
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,17 +23,43 @@ from .metrics import MetricsCollector, ResourceSamples
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["plot_resources", "plot_stages"]
+__all__ = ["plot_resources", "plot_stages"]  # and NotebookFigure, built lazily (__getattr__)
 
 _MIB = 1024 * 1024
+_figure_class: type[Figure] | None = None
+
+
+def _notebook_figure_class() -> type[Figure]:
+    """Build :class:`NotebookFigure` on first use (a subclass needs matplotlib imported)."""
+    global _figure_class
+    if _figure_class is None:
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as exc:  # pragma: no cover - matplotlib is a dependency, but may be stripped
+            raise ImportError("tgkit's plots need matplotlib: pip install matplotlib") from exc
+
+        class NotebookFigure(Figure):
+            """A matplotlib Figure that displays itself as PNG in IPython (no ``%matplotlib inline`` needed)."""
+
+            def _repr_png_(self) -> bytes:
+                buf = io.BytesIO()
+                self.savefig(buf, format="png", bbox_inches="tight")
+                return buf.getvalue()
+
+        NotebookFigure.__module__ = __name__  # pickles as tgkit.plots.NotebookFigure (module __getattr__)
+        NotebookFigure.__qualname__ = "NotebookFigure"
+        _figure_class = NotebookFigure
+    return _figure_class
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NotebookFigure":
+        return _notebook_figure_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _figure(**kwargs: Any) -> Figure:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency, but may be stripped
-        raise ImportError("tgkit's plots need matplotlib: pip install matplotlib") from exc
-    return Figure(**kwargs)
+    return _notebook_figure_class()(**kwargs)
 
 
 def plot_stages(metrics: MetricsCollector | str | os.PathLike[str]) -> Figure:
