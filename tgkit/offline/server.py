@@ -273,8 +273,10 @@ class OfflineServer:
         msgs = [world.mailbox_message(self.self_id, i) for i in ids]
         chats = [world.basic_group, world.channel_objs[CHANNEL_ID]]
         if len(msgs) >= count:
-            return types.messages.Messages(messages=msgs, chats=chats, users=self.users())
-        return types.messages.MessagesSlice(count=count, messages=msgs, chats=chats, users=self.users())
+            return types.messages.Messages(messages=msgs, topics=[], chats=chats, users=self.users())
+        return types.messages.MessagesSlice(
+            count=count, messages=msgs, topics=[], chats=chats, users=self.users()
+        )
 
 
 def serialise_result(result: Any) -> bytes:
@@ -604,6 +606,7 @@ def _get_messages(server: OfflineServer, req: Any, dc_id: int) -> Any:
     msgs = [server.world.mailbox_message(server.self_id, i) for i in ids]
     return types.messages.Messages(
         messages=msgs,
+        topics=[],
         chats=[server.world.basic_group, server.world.channel_objs[CHANNEL_ID]],
         users=server.users(),
     )
