@@ -163,7 +163,7 @@ def encode_mp4(seed: int, i: int, w: int, h: int, seconds: float, *, audio: bool
     return buf.getvalue()
 
 
-def encode_webm(seed: int, i: int, *, side: int = 512, frames: int = 15) -> bytes:
+def encode_webm(seed: int, i: int, *, side: int = 512, frames: int = 8) -> bytes:
     """A video sticker: VP9 in WebM, 512 px, half a second (bit-exact muxing: same seed, same bytes)."""
     import av
 
@@ -171,7 +171,7 @@ def encode_webm(seed: int, i: int, *, side: int = 512, frames: int = 15) -> byte
     with av.open(buf, "w", format="webm", options={"fflags": "+bitexact"}) as out:
         stream = out.add_stream(
             "libvpx-vp9",
-            rate=30,
+            rate=16,
             options={"deadline": "realtime", "cpu-used": "8", "threads": "1", "lag-in-frames": "0"},
         )
         stream.width, stream.height, stream.pix_fmt = side, side, "yuv420p"

@@ -393,6 +393,7 @@ class World:
         self._thread_starts = array("q")  # copy ids, ascending
         self._threads_upto = 0  # channel ids scanned for threads
         self._mailboxes: dict[int, _Mailbox] = {}
+        self._stripped_cache: dict[tuple[str, int], bytes] = {}
 
         self._add_user(SELF_ID, "Ada", "Researcher", "ada_research", is_self=True)
         self._add_user(BOT_ID, "Demo", "Bot", "demo_bot", bot=True)
@@ -466,9 +467,15 @@ class World:
         return random.Random(":".join(str(p) for p in (self.seed, *parts)))
 
     def _stripped(self, kind: str, peer_id: int) -> bytes:
-        rng = self._rng("stripped", kind, peer_id)
-        colours = [(rng.randrange(40, 230), rng.randrange(40, 230), rng.randrange(40, 230)) for _ in range(2)]
-        return stripped_thumb(colours, 40, 40)
+        key = (kind, peer_id)
+        data = self._stripped_cache.get(key)
+        if data is None:
+            rng = self._rng("stripped", kind, peer_id)
+            colours = [
+                (rng.randrange(40, 230), rng.randrange(40, 230), rng.randrange(40, 230)) for _ in range(2)
+            ]
+            data = self._stripped_cache[key] = stripped_thumb(colours, 40, 40)
+        return data
 
     def _photo_id(self, kind: str, peer_id: int) -> int:
         return PHOTO_BASE + peer_id * 10 + {"user": 1, "channel": 2, "chat": 3}[kind]
