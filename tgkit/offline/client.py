@@ -63,16 +63,26 @@ async def connect_demo(
     server: OfflineServer | None = None,
     faults: FaultPlan | None = None,
     session: Any = None,
+    account: str | None = None,
     **client_kwargs: Any,
 ) -> OfflineClient:
     """A connected Telethon client on the demo world (or on ``server``/``world`` if given).
 
     ``session`` may be a Telethon session or a StringSession string; the default is in memory.
+    ``account`` names the user the client is logged in as (``World.account``): several accounts on one
+    ``world`` each get their own server (call log, takeouts, Saved Messages, dialogs), sharing the
+    public chats.  In another process, build the same world from its parameters and connect there:
+
+        world = World.from_params(params)        # params = world.params, shipped to the worker
+        client = await connect_demo(world=world, account="alice")
     """
     if server is None:
-        server = OfflineServer(world or World(seed=seed), faults=faults)
-    elif faults is not None:
-        server.faults = faults
+        server = OfflineServer(world or World(seed=seed), faults=faults, account=account)
+    else:
+        if account is not None and server.world.account(account) != server.self_id:
+            raise ValueError(f"server serves account {server.account!r}, not {account!r}")
+        if faults is not None:
+            server.faults = faults
     if isinstance(session, str):
         session = StringSession(session)
     client = OfflineClient(server, session, **client_kwargs)
