@@ -10,6 +10,7 @@ from telethon.tl import functions
 from telethon.tl.alltlobjects import LAYER
 
 from .faults import FaultPlan
+from .limits import as_limiter
 from .sender import OfflineSender
 from .server import OfflineServer
 from .world import HOME_DC, World
@@ -63,16 +64,20 @@ async def connect_demo(
     server: OfflineServer | None = None,
     faults: FaultPlan | None = None,
     session: Any = None,
+    limits: Any = None,
     **client_kwargs: Any,
 ) -> OfflineClient:
     """A connected Telethon client on the demo world (or on ``server``/``world`` if given).
 
     ``session`` may be a Telethon session or a StringSession string; the default is in memory.
+    ``limits``: a limit profile (see :mod:`tgkit.offline.limits`); the default is limit-free.
     """
     if server is None:
-        server = OfflineServer(world or World(seed=seed), faults=faults)
+        server = OfflineServer(world or World(seed=seed), faults=faults, limits=limits)
     elif faults is not None:
         server.faults = faults
+    if limits is not None:
+        server.limits = as_limiter(limits, seed=server.world.seed)
     if isinstance(session, str):
         session = StringSession(session)
     client = OfflineClient(server, session, **client_kwargs)

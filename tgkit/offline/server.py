@@ -18,6 +18,7 @@ from telethon.extensions import BinaryReader
 from telethon.tl import TLObject, functions, types
 
 from .faults import FaultPlan
+from .limits import as_limiter
 from .world import HOME_DC, SELF_ID, World
 
 __all__ = ["CallLog", "OfflineServer", "Raw", "RpcAnswer"]
@@ -68,6 +69,7 @@ class CallLog:
     faults: Counter = field(default_factory=Counter)
     takeout: Counter = field(default_factory=Counter)  # the requests that arrived in InvokeWithTakeout
     errors: Counter = field(default_factory=Counter)  # RPC errors answered (FILE_MIGRATE_4, ...), faults too
+    flood_waits: Counter = field(default_factory=Counter)  # FLOOD_WAITs the limiter issued, by request type
     total: int = 0
 
     def count(self, name: str) -> int:
@@ -81,6 +83,7 @@ class CallLog:
         self.faults.clear()
         self.takeout.clear()
         self.errors.clear()
+        self.flood_waits.clear()
         self.total = 0
 
 
@@ -93,9 +96,13 @@ class _Disconnect(Exception):
 class OfflineServer:
     """In-process Telegram over a :class:`World`."""
 
-    def __init__(self, world: World | None = None, *, faults: FaultPlan | None = None) -> None:
+    def __init__(
+        self, world: World | None = None, *, faults: FaultPlan | None = None, limits: Any = None
+    ) -> None:
         self.world = world or World()
         self.faults = faults or FaultPlan()
+        # a LimitProfile (or its JSON/dict/path) or a Limiter: FLOOD_WAITs from behaviour (limits.py)
+        self.limits = None if limits is None else as_limiter(limits, seed=self.world.seed)
         self.call_log = CallLog()
         self._occurrences: Counter = Counter()
         self._takeouts: dict[int, bool] = {}
@@ -157,6 +164,12 @@ class OfflineServer:
                 if fid is not None and self.world.file(fid) is not None:
                     self.world.expire_file_reference(fid)
             return RpcAnswer(fault.code, fault.message)
+        if self.limits is not None:
+            wait = self.limits.check(name, request, dc_id, takeout=takeout_id is not None)
+            if wait is not None:
+                with self._lock:
+                    self.call_log.flood_waits[name] += 1
+                return RpcAnswer(420, f"FLOOD_WAIT_{wait}")
         if not self.authorized and not isinstance(request, functions.help.GetConfigRequest):
             return RpcAnswer(401, "AUTH_KEY_UNREGISTERED")
         if takeout_id is not None and takeout_id not in self._takeouts:
