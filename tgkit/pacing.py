@@ -363,6 +363,7 @@ class _AdaptiveLane(_Lane):
             self.blocked_until = now + blocked
             self._start(self.blocked_until)
 
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -397,7 +398,8 @@ class Pacer:
         self.waited_s = 0.0  # proactive pacing sleeps
         self.flood_waits = 0
         self.flood_wait_s = 0.0
-        self.history: list[tuple[float, str, float | None, float | None]] = []  # (t, method, rate, limit)
+        # with record_history: (t, method, "send"/"flood", rate, limit) per event, for plots
+        self.history: list[tuple[float, str, str, float | None, float | None]] = []
         self.record_history = False
         if self.state_path is not None:
             self._load()
@@ -414,7 +416,9 @@ class Pacer:
         return cls({}, flood_ceiling=flood_ceiling)
 
     @classmethod
-    def fixed(cls, limits: dict[str, RateLimit] | None = None, *, flood_ceiling: float | None = None) -> Pacer:
+    def fixed(
+        cls, limits: dict[str, RateLimit] | None = None, *, flood_ceiling: float | None = None
+    ) -> Pacer:
         """The fixed sliding-window gate (default: :data:`DEFAULT_LIMITS`, about 30 history per 30 s)."""
         return cls(dict(DEFAULT_LIMITS if limits is None else limits), flood_ceiling=flood_ceiling)
 
@@ -499,7 +503,7 @@ class Pacer:
             waited = self._now() - start
             lane.sent += 1
             if self.record_history:
-                self.history.append((self._now(), name, lane.rate(now), lane.limit()))
+                self.history.append((self._now(), name, "send", lane.rate(now), lane.limit()))
         self.waited_s += waited
         return waited
 
@@ -517,7 +521,7 @@ class Pacer:
         lane = self._lane(name)
         lane.on_flood(now, float(seconds))
         if self.record_history:
-            self.history.append((now, name, lane.rate(now), lane.limit()))
+            self.history.append((now, name, "flood", lane.rate(now), lane.limit()))
         if seconds > self.flood_ceiling:
             raise FloodWaitTooLong(
                 f"Telegram asked to wait {int(seconds)}s on {name}, above the ceiling of "
@@ -611,7 +615,9 @@ def _human(seconds: float) -> str:
 
 def _warn(path: Path, why: str) -> None:
     warnings.warn(
-        f"pacing state {path} is unreadable ({why}); starting from the prior", PacingStateWarning, stacklevel=4
+        f"pacing state {path} is unreadable ({why}); starting from the prior",
+        PacingStateWarning,
+        stacklevel=4,
     )
 
 
@@ -656,4 +662,3 @@ def _parse_state(data: bytes) -> tuple[float, dict[str, Any]]:
         }
     assert saved_at is not None
     return saved_at, methods
-
