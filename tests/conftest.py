@@ -16,6 +16,9 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("TGKIT_") or name == "FORCE_CPU_TRANSCODE":
             monkeypatch.delenv(name)
+    # The double's limiter is off unless a test gives a profile: no proactive pacing either, unless a
+    # test passes its own pacer (tgkit.Pacer(...)) or sets TGKIT_PACING itself.
+    monkeypatch.setenv("TGKIT_PACING", "off")
     yield
 
 

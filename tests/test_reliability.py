@@ -72,16 +72,16 @@ def test_rate_gate_keeps_each_type_under_its_window() -> None:
     assert DEFAULT_LIMITS[HISTORY] == RateLimit(30, 30.0)
 
 
-def test_offline_client_gets_no_proactive_pacing() -> None:
-    class RealAccount:  # anything without `.offline` is treated as a real account
-        pass
-
-    assert Pacer.for_client(RealAccount()).limits[HISTORY] == RateLimit(30, 30.0)
-
+def test_default_pacer_does_not_look_at_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         client = await connect_demo(world=_world(200))
         try:
-            assert Pacer.for_client(client).limits == {}
+            monkeypatch.setenv("TGKIT_PACING", "adaptive")
+            assert Pacer.for_client(client).adaptive  # the double gets what a real account gets
+            monkeypatch.setenv("TGKIT_PACING", "fixed")
+            assert Pacer.for_client(client).limits[HISTORY] == RateLimit(30, 30.0)
+            monkeypatch.setenv("TGKIT_PACING", "off")
+            assert Pacer.for_client(client).limits == {} and not Pacer.for_client(client).adaptive
         finally:
             await client.disconnect()
 

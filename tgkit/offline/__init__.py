@@ -10,6 +10,7 @@ See docs/ARCHITECTURE.md for what the double models and what it does not.
 
 from .client import OFFLINE_API_HASH, OFFLINE_API_ID, OfflineClient, connect_demo
 from .faults import Fault, FaultPlan
+from .limits import Limiter, LimitProfile, MethodLimit, load_profile, no_limits, random_profile
 from .server import NOT_MODELLED, CallLog, OfflineServer, request_name
 from .world import (
     BASIC_GROUP_ID,
@@ -38,9 +39,15 @@ __all__ = [
     "DialogRow",
     "Fault",
     "FaultPlan",
+    "LimitProfile",
+    "Limiter",
+    "MethodLimit",
     "OfflineClient",
     "OfflineServer",
     "World",
     "connect_demo",
+    "load_profile",
+    "no_limits",
+    "random_profile",
     "request_name",
 ]

@@ -10,6 +10,7 @@ from telethon.tl import functions
 from telethon.tl.alltlobjects import LAYER
 
 from .faults import FaultPlan
+from .limits import as_limiter
 from .sender import OfflineSender
 from .server import OfflineServer
 from .world import HOME_DC, World
@@ -64,6 +65,7 @@ async def connect_demo(
     faults: FaultPlan | None = None,
     session: Any = None,
     account: str | None = None,
+    limits: Any = None,
     **client_kwargs: Any,
 ) -> OfflineClient:
     """A connected Telethon client on the demo world (or on ``server``/``world`` if given).
@@ -75,14 +77,18 @@ async def connect_demo(
 
         world = World.from_params(params)        # params = world.params, shipped to the worker
         client = await connect_demo(world=world, account="alice")
+
+    ``limits``: a limit profile (see :mod:`tgkit.offline.limits`); the default is limit-free.
     """
     if server is None:
-        server = OfflineServer(world or World(seed=seed), faults=faults, account=account)
+        server = OfflineServer(world or World(seed=seed), faults=faults, account=account, limits=limits)
     else:
         if account is not None and server.world.account(account) != server.self_id:
             raise ValueError(f"server serves account {server.account!r}, not {account!r}")
         if faults is not None:
             server.faults = faults
+        if limits is not None:
+            server.limits = as_limiter(limits, seed=server.world.seed)
     if isinstance(session, str):
         session = StringSession(session)
     client = OfflineClient(server, session, **client_kwargs)

@@ -23,6 +23,7 @@ from telethon.extensions import BinaryReader
 from telethon.tl import TLObject, functions, types
 
 from .faults import FaultPlan
+from .limits import as_limiter
 from .world import BASIC_GROUP_ID, CHANNEL_ID, HOME_DC, World, page_ids
 
 __all__ = ["NOT_MODELLED", "CallLog", "OfflineServer", "Raw", "RpcAnswer"]
@@ -75,6 +76,7 @@ class CallLog:
     faults: Counter = field(default_factory=Counter)
     takeout: Counter = field(default_factory=Counter)  # the requests that arrived in InvokeWithTakeout
     errors: Counter = field(default_factory=Counter)  # RPC errors answered (FILE_MIGRATE_4, ...), faults too
+    flood_waits: Counter = field(default_factory=Counter)  # FLOOD_WAITs the limiter issued, by request type
     total: int = 0
 
     def count(self, name: str) -> int:
@@ -88,6 +90,7 @@ class CallLog:
         self.faults.clear()
         self.takeout.clear()
         self.errors.clear()
+        self.flood_waits.clear()
         self.total = 0
 
 
@@ -101,13 +104,20 @@ class OfflineServer:
     """In-process Telegram over a :class:`World`."""
 
     def __init__(
-        self, world: World | None = None, *, faults: FaultPlan | None = None, account: str | None = None
+        self,
+        world: World | None = None,
+        *,
+        faults: FaultPlan | None = None,
+        account: str | None = None,
+        limits: Any = None,
     ) -> None:
         self.world = world or World()
         self.account = account
         self.self_id = self.world.account(account)  # this server's user ("ada" unless account= says)
         self._users_view: tuple[int, list[Any]] = (-1, [])
         self.faults = faults or FaultPlan()
+        # a LimitProfile (or its JSON/dict/path) or a Limiter: FLOOD_WAITs from behaviour (limits.py)
+        self.limits = None if limits is None else as_limiter(limits, seed=self.world.seed)
         self.call_log = CallLog()
         self._occurrences: Counter = Counter()
         self._takeouts: dict[int, bool] = {}
@@ -169,6 +179,12 @@ class OfflineServer:
                 if fid is not None and self.world.file(fid) is not None:
                     self.world.expire_file_reference(fid)
             return RpcAnswer(fault.code, fault.message)
+        if self.limits is not None:
+            wait = self.limits.check(name, request, dc_id, takeout=takeout_id is not None)
+            if wait is not None:
+                with self._lock:
+                    self.call_log.flood_waits[name] += 1
+                return RpcAnswer(420, f"FLOOD_WAIT_{wait}")
         if not self.authorized and not isinstance(request, functions.help.GetConfigRequest):
             return RpcAnswer(401, "AUTH_KEY_UNREGISTERED")
         if takeout_id is not None and takeout_id not in self._takeouts:
