@@ -369,7 +369,7 @@ def test_another_key_is_refused(demo: Path, keys: Path, tmp_path: Path):
         Pseudonymiser(keys / "k2").check_manifest(json.loads((out / "manifest.json").read_text()))
     with pytest.raises(ConfigError, match="already pseudonymised"):
         pseudonymise(out, tmp_path / "again", key_file=keys / "k1")
-    with pytest.raises(ConfigError, match="not pseudonymised"):  # never overwrites a plain dataset
+    with pytest.raises(ConfigError, match="not pseudonymised; refusing"):  # never overwrites a plain dataset
         pseudonymise(demo, _copy(demo, tmp_path / "plain"), key_file=keys / "k1")
 
 

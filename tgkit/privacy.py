@@ -39,7 +39,6 @@ from base64 import b32encode
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -124,16 +123,21 @@ _CHAT_KEPT = frozenset(
 # more than Telegram links errs on the side of replacing.  A handle glued to a word character (e-mail
 # addresses, "a@b") is not a mention, as in Telegram's own parser.
 _NAME = r"[A-Za-z0-9_]{3,32}(?![A-Za-z0-9_])"
-_TEXT_RE = re.compile(
+_LINK_RE = re.compile(
     rf"""
       (?<![\w.@/-])(?:https?://)?(?:www\.)?(?:t\.me|telegram\.me|telegram\.dog)/(?:s/)?@?(?P<link>{_NAME})
     | (?<![\w.@/-])(?:https?://)?(?P<sub>{_NAME})\.t\.me(?![\w.-])
     | tg://resolve\?domain=(?P<tgname>{_NAME})
     | tg://user\?id=(?P<tguser>\d{{1,20}})(?!\d)
-    | (?<![\w.@/-])@(?P<mention>{_NAME})
     """,
     re.IGNORECASE | re.VERBOSE,
 )
+# "@" first, so the regex engine scans for the literal; the character before it is checked in Python
+# (a handle glued to a word, a dot, a slash or another "@" is not a mention).
+_MENTION_RE = re.compile(rf"@(?P<mention>{_NAME})")
+_NOT_BEFORE_MENTION = frozenset("_.@/-")
+_LINK_HINTS = ("t.me", "telegram.", "tg://")
+_ASTRAL_RE = re.compile("[\U00010000-\U0010ffff]")  # two UTF-16 code units each
 # First path segments of t.me links that are not usernames.
 _RESERVED_PATHS = frozenset(
     """joinchat addstickers addemoji addtheme addlist share proxy socks iv login boost setlanguage
@@ -265,7 +269,7 @@ class Pseudonymiser:
     def display_name(self, peer_id: int, kind: str | None = "user") -> str:
         """The name shown for a pseudonymised peer: ``User <token>`` (or ``Channel``/``Group``)."""
         label = {"channel": "Channel", "chat": "Group"}.get(kind or "user", "User")
-        return f"{label} {_token(self._digest('name-id', self.peer_id(peer_id, kind)), 8)}"
+        return self._memo("name-id", self.peer_id(peer_id, kind), lambda d: f"{label} {_token(d, 8)}")
 
     def name(self, text: str) -> str:
         """``Name <token>`` for a free-text name (``post_author``, ``fwd_name``): same text, same pseudonym."""
@@ -326,20 +330,34 @@ class Pseudonymiser:
 
     def _replace_links(self, s: str) -> list[tuple[int, int, str]]:
         """Python-index spans of ``s`` to replace: user handles in @mentions, t.me and tg:// links."""
-        spans = []
-        for m in _TEXT_RE.finditer(s):
-            group = m.lastgroup
-            if group is None:
-                continue
-            value = m.group(group)
-            if group == "tguser":
-                new: str | None = str(self.user_id(int(value)))
-            elif group in ("link", "sub") and value.lower() in _RESERVED_PATHS:
-                continue
-            else:
-                new = self._handle(value)
-            if new is not None:
-                spans.append((m.start(group), m.end(group), new))
+        spans: list[tuple[int, int, str]] = []
+        if "@" in s:
+            for m in _MENTION_RE.finditer(s):
+                at = m.start()
+                if at and (s[at - 1].isalnum() or s[at - 1] in _NOT_BEFORE_MENTION):
+                    continue
+                new = self._handle(m.group("mention"))
+                if new is not None:
+                    spans.append((at + 1, m.end(), new))
+        low = s.lower()
+        if any(h in low for h in _LINK_HINTS):
+            found = len(spans)
+            for m in _LINK_RE.finditer(s):
+                group = m.lastgroup
+                if group is None:
+                    continue
+                value = m.group(group)
+                if group == "tguser":
+                    new = str(self.user_id(int(value)))
+                elif group in ("link", "sub") and value.lower() in _RESERVED_PATHS:
+                    continue
+                else:
+                    new = self._handle(value)
+                if new is not None:
+                    spans.append((m.start(group), m.end(group), new))
+            if found and len(spans) > found:  # "t.me/@name": the link and the mention are one span
+                spans = sorted(set(spans))
+                spans = [sp for i, sp in enumerate(spans) if not i or sp[0] >= spans[i - 1][1]]
         return spans
 
     def rewrite_url(self, url: str) -> str:
@@ -360,19 +378,30 @@ class Pseudonymiser:
     ) -> tuple[str | None, list[dict[str, Any]] | None]:
         """One message's text and entities (dicts with ``ENTITY_FIELDS`` keys, offsets in UTF-16 units) with
         user handles, links, mention-name/phone/email spans replaced; entity offsets recomputed."""
-        ents = [dict(e) for e in entities] if entities else entities
+        return self._text(text, [dict(e) for e in entities] if entities else entities)
+
+    def _text(
+        self, text: str | None, ents: list[dict[str, Any]] | None
+    ) -> tuple[str | None, list[dict[str, Any]] | None]:
+        # as text(), changing the entity dicts in place
         if not text:
             if ents:
                 for e in ents:
                     self._entity_fields(e)
             return text, ents
-        pos16 = None if text.isascii() else [0, *accumulate(2 if ord(c) > 0xFFFF else 1 for c in text)]
+        # UTF-16 offset = Python index + astral characters before it; most texts have none
+        astral = [] if text.isascii() else [m.start() for m in _ASTRAL_RE.finditer(text)]
 
         def to_py(u: int) -> int:
-            return u if pos16 is None else bisect_left(pos16, u)
+            for j, a in enumerate(astral):
+                if u <= a + j:
+                    return u - j
+                if u == a + j + 1:  # between the two halves of a pair: after the character
+                    return a + 1
+            return u - len(astral)
 
         def to_16(i: int) -> int:
-            return i if pos16 is None else pos16[i]
+            return i + bisect_left(astral, i) if astral else i
 
         n16 = to_16(len(text))
         chosen: list[tuple[int, int, str]] = []  # (start16, end16, replacement), entity-driven first
@@ -407,7 +436,8 @@ class Pseudonymiser:
                 chosen.append((s16, e16, new))
         if ents:
             for e in ents:
-                self._entity_fields(e)
+                if e.get("user_id") is not None or e.get("url"):
+                    self._entity_fields(e)
         if not chosen:
             return text, ents
         chosen.sort()
@@ -443,11 +473,7 @@ class Pseudonymiser:
     def _ids(self, ids: pl.Series, kinds: pl.Series | None) -> pl.Series:
         """``ids`` pseudonymised per their kinds (None: all users) — one HMAC per distinct (kind, id)."""
         if kinds is None:
-            kinds = (
-                pl.Series(ids.name, ["user"], pl.String).extend_constant("user", len(ids) - 1)
-                if len(ids)
-                else pl.Series(ids.name, [], pl.String)
-            )
+            kinds = pl.repeat("user", len(ids), dtype=pl.String, eager=True)
         df = pl.DataFrame({"i": ids, "k": kinds})
         pairs = df.drop_nulls("i").unique().rows()
         if not pairs:
@@ -542,12 +568,12 @@ class Pseudonymiser:
             return df
         texts = idx.get_column("text").to_list() if has_text else [None] * idx.height
         ents = idx.get_column("entities").to_list() if has_ent else [None] * idx.height
-        results = [self.text(t, e) for t, e in zip(texts, ents)]
+        results = [self._text(t, e) for t, e in zip(texts, ents)]  # fresh lists from to_list()
         cols = {"__row": idx.get_column("__row")}
         if has_text:
             cols["text"] = pl.Series("text", [r[0] for r in results], dtype=df.schema["text"])
         if has_ent:
-            cols["entities"] = pl.Series("entities", [r[1] for r in results], dtype=df.schema["entities"])
+            cols["entities"] = _entity_series([r[1] for r in results], df.schema["entities"])
         changed = pl.DataFrame(cols).with_columns(pl.lit(True).alias("__changed"))
         joined = df.with_row_index("__row").join(
             changed, on="__row", how="left", suffix="__new", maintain_order="left"
@@ -603,6 +629,28 @@ class Pseudonymiser:
     def _chats_df(self, df: pl.DataFrame) -> pl.DataFrame:
         return self._peer_like(df, kept_cols=_CHAT_KEPT, table="chats")
 
+    def check_output(self, out: str | os.PathLike[str]) -> None:
+        """Raise :class:`~tgkit.ConfigError` unless pseudonymised rows may be written to ``out``: it is missing,
+        empty, or a dataset pseudonymised with this key (and ``keep``).  Never mixes plain and pseudonymised
+        rows, nor two keys (the export writer calls this before its first part)."""
+        path = Path(out).expanduser()
+        if not path.exists():
+            return
+        if not path.is_dir():
+            raise ConfigError(f"{path} exists and is not a directory")
+        if not any(path.iterdir()):
+            return
+        try:
+            layout = _detect_layout(path)
+        except ConfigError:
+            raise ConfigError(
+                f"{path} is not empty and not a tgkit dataset; choose an empty folder"
+            ) from None
+        if not self.check_manifest(_read_manifest(path, layout), what=str(path)):
+            raise ConfigError(
+                f"{path} holds a dataset that is not pseudonymised; refusing to mix it with pseudonyms"
+            )
+
     # -- manifest ------------------------------------------------------------------------------------------
 
     def manifest_entry(self) -> dict[str, Any]:
@@ -631,6 +679,27 @@ class Pseudonymiser:
                 f"{what} was pseudonymised with keep={tuple(privacy.get('keep') or [])}, not {self.keep}"
             )
         return True
+
+
+def _entity_series(rows: list[list[dict[str, Any]] | None], dtype: Any) -> pl.Series:
+    """``list[struct]`` from Python entity lists: flat child columns and offsets (Polars' own conversion of
+    nested dicts is ~10x slower per row)."""
+    struct = dtype.inner
+    names = [f.name for f in struct.fields]
+    children: list[list[Any]] = [[] for _ in names]
+    offsets, mask, end = [0], [], 0
+    for row in rows:
+        mask.append(row is None)
+        if row:
+            for e in row:
+                for col, name in zip(children, names):
+                    col.append(e.get(name))
+            end += len(row)
+        offsets.append(end)
+    child = pl.DataFrame([pl.Series(f.name, col, f.dtype) for f, col in zip(struct.fields, children)])
+    values = child.to_struct("entities").to_arrow()
+    arr = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, mask=pa.array(mask, pa.bool_()))
+    return pl.Series("entities", arr).cast(dtype)
 
 
 def _extension(name: str) -> str:
@@ -833,11 +902,12 @@ def pseudonymise(
     manifest = _read_manifest(src_path, layout)
     if pz.check_manifest(manifest, what=f"source {src_path}"):
         raise ConfigError(f"source {src_path} is already pseudonymised (with this key); copy it instead")
-    _check_target(out_path, pz)
+    pz.check_output(out_path)
 
     for table in layout.tables:  # learn kinds and usernames first: text rewriting depends on them
         for path in _table_files(src_path, table):
-            pz.learn_peers(pl.read_parquet(path, columns=["id", "kind", "username"]))
+            names = pq.read_schema(path).names
+            pz.learn_peers(pq.read_table(path, columns=[c for c in ("id", "kind", "username") if c in names]))
     if peers is not None:
         pz.learn_peers(peers)
     chats = _message_chats(src_path, layout)
@@ -861,21 +931,6 @@ def pseudonymise(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_path
-
-
-def _check_target(out: Path, pz: Pseudonymiser) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a directory")
-    if not any(out.iterdir()):
-        return
-    try:
-        layout = _detect_layout(out)
-    except ConfigError:
-        raise ConfigError(f"{out} is not empty and not a tgkit dataset; choose an empty folder") from None
-    if not pz.check_manifest(_read_manifest(out, layout), what=str(out)):
-        raise ConfigError(f"{out} holds a dataset that is not pseudonymised; refusing to overwrite it")
 
 
 def _learn_channel_chats(pz: Pseudonymiser, chats: list[_ChatFiles]) -> None:
@@ -946,9 +1001,14 @@ def _media_paths(run: _Run, source: pa.Table, table: pa.Table) -> pa.Table:
     return table.set_column(index, table.schema.field(index), pa.array(paths, pa.string()))
 
 
+_MANIFEST_KEYS = frozenset({"format", "version", "kind", "columns", "schema", "layout", "tables"})
+
+
 def _write_manifest(run: _Run, manifest: dict[str, Any], new_chats: dict[int, int]) -> None:
     pz = run.pz
-    out = dict(manifest)
+    # top-level keys known to hold no names; anything else (a later layout's additions) is left out
+    # rather than copied blind: the lead/ds extends this list when v2's manifest lands
+    out = {k: v for k, v in manifest.items() if k in _MANIFEST_KEYS}
     old = manifest.get("chats") if isinstance(manifest.get("chats"), dict) else {}
     chats: dict[str, Any] = {}
     for chat_id, new_id in new_chats.items():
