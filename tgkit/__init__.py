@@ -25,6 +25,7 @@ from .metrics import MetricsCollector, ResourceMonitor
 from .pacing import Pacer, RateLimit
 from .peers import PeerCache
 from .plots import plot_resources, plot_stages
+from .privacy import Pseudonymiser, pseudonymise
 from .records import ExportedMessage, Records, polars_schema
 
 __version__ = "0.1.0"
@@ -45,6 +46,7 @@ __all__ = [
     "Pacer",
     "PeerCache",
     "PeerNotFound",
+    "Pseudonymiser",
     "RateLimit",
     "Records",
     "ResourceMonitor",
@@ -60,5 +62,6 @@ __all__ = [
     "plot_resources",
     "plot_stages",
     "polars_schema",
+    "pseudonymise",
     "run_sync",
 ]

@@ -78,6 +78,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     im.add_argument("path", type=Path, help="result.json or the export folder")
     im.add_argument("--out", type=Path, required=True, help="dataset folder")
+
+    ps = sub.add_parser(
+        "pseudonymise",
+        help="write a pseudonymised copy of a dataset (keyed, consistent; see docs/PRIVACY.md)",
+        description="Copy dataset SRC to --out with users' ids, names, usernames, mentions and file "
+        "names replaced by keyed pseudonyms (HMAC-SHA256). The key file is created when missing; "
+        "keep it outside the dataset and never share it.",
+    )
+    ps.add_argument("src", type=Path, help="the dataset to pseudonymise")
+    ps.add_argument("--out", type=Path, required=True, help="folder for the pseudonymised dataset")
+    ps.add_argument(
+        "--key-file", type=Path, required=True, help="secret key (32 bytes, 0600; created if missing)"
+    )
+    ps.add_argument("--all-peers", action="store_true", help="pseudonymise channels and groups too")
+    ps.add_argument(
+        "--copy-media", action="store_true", help="copy media files (their content may identify people)"
+    )
     return p
 
 
@@ -92,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             return _probe(args)
         if args.command == "import-desktop":
             return _import_desktop(args)
+        if args.command == "pseudonymise":
+            return _pseudonymise(args)
     except ConfigError as exc:
         print(f"tgkit: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -284,6 +303,17 @@ def _import_desktop(args: argparse.Namespace) -> int:
         print(f"tgkit: warning: {w.message}", file=sys.stderr)
     # a cut file imported what came before the cut: that is partial, so say so in the exit code too
     return 3 if truncated else 0
+
+
+def _pseudonymise(args: argparse.Namespace) -> int:
+    from .privacy import Pseudonymiser, pseudonymise
+
+    keep = () if args.all_peers else ("channels",)
+    out = pseudonymise(args.src, args.out, key_file=args.key_file, keep=keep, copy_media=args.copy_media)
+    print(
+        f"pseudonymised {args.src} -> {out} (key fingerprint {Pseudonymiser(args.key_file, keep=keep).fingerprint})"
+    )
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
