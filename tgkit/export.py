@@ -748,12 +748,11 @@ async def _stream(
                 order = order[:remaining]
                 top = ids[order[-1]] if order else top
             page_rows = view.rows
-            kept = [i for i in order if page_rows[i] is not None]  # MessageEmpty has no row
-            rows = [page_rows[i] for i in kept]
+            kept = [(i, row) for i in order if (row := page_rows[i]) is not None]  # MessageEmpty: no row
+            rows = [row for _, row in kept]
             if worker is not None:
                 base = len(batch)
-                for k, i in enumerate(kept):
-                    row = page_rows[i]
+                for k, (i, row) in enumerate(kept):
                     if worker.wanted(row):
                         msg = view.message_for(i)
                         media_tasks.append((base + k, asyncio.create_task(worker.fetch(msg, row))))

@@ -285,12 +285,12 @@ class _Translator:
                 self.kinds[name] = "vector:" + self.kinds.get("_x", "?")
             return
         if isinstance(s, ast.Return):
-            call = s.value
-            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "cls"):
+            ret = s.value
+            if not (isinstance(ret, ast.Call) and isinstance(ret.func, ast.Name) and ret.func.id == "cls"):
                 raise _Unsupported(ast.unparse(s))
             names = []
             values = []
-            for kw in call.keywords:
+            for kw in ret.keywords:
                 if kw.arg is None or not isinstance(kw.value, ast.Name):
                     raise _Unsupported(ast.unparse(s))
                 names.append(kw.arg)
@@ -579,7 +579,7 @@ def _build_row_readers() -> None:
             return None, None
         if type(v) is not tuple or v[0] is not rx_cls:
             return convert._reactions(v)
-        out = []
+        out: list[tuple] = []
         total = 0
         for rc in v[rx_results] or ():
             if type(rc) is not tuple or rc[0] is not rc_cls:
@@ -611,7 +611,7 @@ def _build_row_readers() -> None:
     def entities(v: list | None) -> list[tuple] | None:
         if v is None:
             return None
-        out = []
+        out: list[tuple] = []
         for e in v:
             if type(e) is tuple:
                 spec = entity_row[e[0]]
@@ -909,7 +909,7 @@ def decode_page(body: bytes, chat_id: int, start: int = 0) -> FastPage | None:
     fields = layout.fields
     get = dict(zip(fields, t[1:])).get
     spans = t[-1]
-    messages = get("messages")
+    messages: list[Any] = get("messages") or []
     builders = _ROW_BUILDERS
     ids: list[int] = []
     rows: list[tuple | None] = []
@@ -927,9 +927,10 @@ def decode_page(body: bytes, chat_id: int, start: int = 0) -> FastPage | None:
     for row, mid in zip(rows, ids):
         if row is not None and row[1] != mid:
             raise AssertionError("row id does not match the message id")
-    count = get("count")
+    chats: list[Any] = get("chats") or []
+    users: list[Any] = get("users") or []
     return FastPage(
-        layout.cls, body, spans, ids, rows, chat_id, count, get("chats"), get("users"), get("topics") or []
+        layout.cls, body, spans, ids, rows, chat_id, get("count"), chats, users, get("topics") or []
     )
 
 
@@ -983,16 +984,20 @@ def install_wrapper_passthrough() -> None:
     if _WRAPPERS_DONE:
         return
     for cls in tlobjects.values():
-        if (
-            isinstance(cls, type)
-            and issubclass(cls, TLRequest)
-            and cls.__module__ == functions.__name__
-            and "query" in inspect.signature(cls.__init__).parameters
-            and cls.SUBCLASS_OF_ID == functions.InvokeWithLayerRequest.SUBCLASS_OF_ID
-            and cls.read_result is TLRequest.read_result
-        ):
-            cls.read_result = _passthrough_read_result  # type: ignore[method-assign,assignment]
+        if _is_generic_wrapper(cls):
+            setattr(cls, "read_result", _passthrough_read_result)  # noqa: B010
     _WRAPPERS_DONE.append(True)
+
+
+def _is_generic_wrapper(cls: Any) -> bool:
+    """``invokeWithX {X:Type} ... query:!X = X`` requests that still read with TLRequest's bare reader."""
+    return (
+        issubclass(cls, TLRequest)
+        and cls.__module__ == functions.__name__
+        and "query" in inspect.signature(cls).parameters
+        and getattr(cls, "SUBCLASS_OF_ID", None) == functions.InvokeWithLayerRequest.SUBCLASS_OF_ID
+        and getattr(cls, "read_result", None) is TLRequest.read_result
+    )
 
 
 _WRAPPERS_DONE: list[bool] = []
