@@ -169,7 +169,11 @@ _PRIMITIVES = {
     "tgread_string": ("{t}, p = _str_at(buf, p)", "string"),
     "tgread_bytes": ("{t}, p = _bytes_at(buf, p)", "bytes"),
     "tgread_bool": ("{t}, p = _bool_at(buf, p)", "bool"),
-    "tgread_object": ("{t}, p = _obj_at(buf, p)", "object"),
+    # _obj_at inlined (one call frame less per nested object: ~10% of a page)
+    "tgread_object": (
+        "_d = _DGET(_U32(buf, p)[0])\n{t}, p = _d(buf, p + 4) if _d is not None else _telethon_at(buf, p)",
+        "object",
+    ),
 }
 
 
@@ -223,7 +227,8 @@ class _Translator:
                 if method not in _PRIMITIVES:
                     raise _Unsupported(method)
                 template, kind = _PRIMITIVES[method]
-                self.emit(depth, template.format(t=target))
+                for line in template.format(t=target).split("\n"):
+                    self.emit(depth, line)
                 self.kinds[target] = kind
                 return
             if self._plain(s.value):  # bool(flags & N), [], None
@@ -357,6 +362,9 @@ def _compile(cls: type, *, spans: str | None = None) -> _Layout | None:
         "_bytes_at": _bytes_at,
         "_bool_at": _bool_at,
         "_obj_at": _obj_at,
+        "_U32": _U32,
+        "_DGET": _DECODERS.get,
+        "_telethon_at": _telethon_at,
     }
     exec(compile(code, f"<tgkit.fastpath {cls.__name__}>", "exec"), namespace)  # generated from Telethon
     return _Layout(cls, tr.fields, tr.kinds, namespace["decode"])
