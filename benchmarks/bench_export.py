@@ -131,7 +131,12 @@ async def worker(args: argparse.Namespace) -> dict:
                 with RssPeak() as rss:
                     result, secs = await tgkit_run(client, chat, Path(tmp) / "ds")
                 assert result.messages == n, (result.messages, n)
+                counters = result.metrics.counters
+                fast, slow = counters.get("pages_fast", 0), counters.get("pages_telethon", 0)
                 out.update(
+                    pages_fast=fast,
+                    pages_telethon=slow,
+                    fastpath_share=round(fast / (fast + slow), 4) if fast + slow else None,
                     rss_growth_mb=round(rss.growth_mb, 1),
                     history_calls=server.call_log.count("messages.GetHistory") - before,
                     parquet_bytes=parquet_bytes(Path(tmp) / "ds"),
@@ -181,6 +186,8 @@ def orchestrate(args: argparse.Namespace) -> dict:
         "baseline_msgs_per_s": base,
         "tgkit_msgs_per_s": best["msgs_per_s"],
         "ratio": round(best["msgs_per_s"] / base, 3),
+        # pages read by tgkit.fastpath / all history pages (the rest were decoded by Telethon)
+        "fastpath_share": min(r["fastpath_share"] for r in runs["tgkit"]),
         # the same comparison in CPU seconds (best of each side): steadier on a shared machine
         "cpu_ratio": round(
             min(r["cpu_s"] for r in runs["baseline"]) / min(r["cpu_s"] for r in runs["tgkit"]), 3

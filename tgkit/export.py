@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from telethon import errors as tl_errors
 from telethon import utils as tl_utils
 from telethon.tl import functions, types
 
-from . import convert
+from . import convert, fastpath
 from .dataset import ChatPartition, Checkpoint, check_output_dir, open_dataset, update_manifest
 from .errors import (
     ExportError,
@@ -537,6 +536,7 @@ async def export_chat(
     monitor: bool | float = True,
     pacer: Pacer | None = None,
     flood_ceiling: float | None = None,
+    fast_decode: bool | None = None,
 ) -> ExportResult:
     """Export ``chat`` into the Parquet dataset at ``out`` (oldest to newest, resumable, incremental).
 
@@ -546,7 +546,8 @@ async def export_chat(
     ``refresh_days=N`` re-reads the last N days on an incremental run to capture edits, reactions,
     view counts and deletions.  With ``media``, a rerun first retries the media of committed rows whose
     download failed (``retry_media=False`` skips that).  ``peer_cache=False`` disables the persistent
-    peer cache.
+    peer cache.  ``fast_decode=False`` (or ``TGKIT_FAST_DECODE=0``) reads history pages with Telethon's
+    decoder instead of the fast path (same rows; see ``tgkit.fastpath``).
     """
     root = check_output_dir(out)  # before any request is sent
     _protect_session_file(client)
@@ -599,7 +600,8 @@ async def export_chat(
             if kinds else None
         )  # fmt: skip
         if refresh_days and cp.last_id:
-            cp = await _refresh(caller, via, peer, part, cp, refresh_days, collector, bar, result, root)
+            cp = await _refresh(caller, via, peer, part, cp, refresh_days, collector, bar, result, root,
+                                fast_decode=fast_decode)  # fmt: skip
         if worker is not None and cp.parts and retry_media:
             cp = await _retry_media(caller, peer, part, cp, worker, bar, result, root)
         writer = _Writer(part, cp, collector, result, root)
@@ -619,6 +621,7 @@ async def export_chat(
             limit=limit,
             batch_size=batch_size,
             peer_cache=cache,
+            fast_decode=fast_decode,
         )
         bar.set_stage("downloading media" if worker is not None else "writing")
         await writer.close()
@@ -702,13 +705,15 @@ async def _stream(
     limit: int | None,
     batch_size: int,
     peer_cache: Any = None,
+    fast_decode: bool | None = None,
 ) -> None:
     """Fetch pages oldest-to-newest after the checkpoint, prefetching one page ahead."""
 
     def fetch(offset: int) -> asyncio.Task:
-        return asyncio.ensure_future(
-            caller(_history_request(peer, offset_id=offset, add_offset=-PAGE), _HISTORY, via=via)
+        request = fastpath.history_request(
+            peer, chat_id=chat_id, offset_id=offset, add_offset=-PAGE, fast=fast_decode
         )
+        return asyncio.ensure_future(caller(request, _HISTORY, via=via))
 
     remaining = limit
     batch = ColumnBatch()
@@ -723,7 +728,9 @@ async def _stream(
             page = await pending
             m.stop("fetch", t0)
             result.pages += 1
-            msgs = page.messages
+            view = fastpath.page_rows(page, chat_id)
+            m.count("pages_fast" if view.fast else "pages_telethon")
+            ids = view.ids
             if first:
                 first = False
                 result.title = _title_of(page, chat_id)
@@ -731,31 +738,32 @@ async def _stream(
                     peer_cache.learn(page)  # free knowledge: the page's .chats/.users (first page only)
                 count = getattr(page, "count", None)
                 if count is not None:
-                    bar.set_total(max(count - cp.rows, len(msgs)) if remaining is None else remaining)
-            if not msgs:
+                    bar.set_total(max(count - cp.rows, len(ids)) if remaining is None else remaining)
+            if not ids:
                 break
-            top = max(msg.id for msg in msgs)
-            done = remaining is not None and remaining <= len(msgs)
+            top = max(ids)
+            done = remaining is not None and remaining <= len(ids)
             pending = None if done else fetch(top + 1)
             t1 = m.start()
-            chunk = sorted(msgs, key=lambda x: x.id)
+            order = sorted(range(len(ids)), key=ids.__getitem__)  # page positions, oldest first
             if remaining is not None:
-                chunk = chunk[:remaining]
-                top = chunk[-1].id if chunk else top
-            rows = [row for row in map(convert.message_row, chunk, repeat(chat_id)) if row is not None]
+                order = order[:remaining]
+                top = ids[order[-1]] if order else top
+            page_rows = view.rows
+            kept = [(i, row) for i in order if (row := page_rows[i]) is not None]  # MessageEmpty: no row
+            rows = [row for _, row in kept]
             if worker is not None:
                 base = len(batch)
-                for i, (msg, row) in enumerate(
-                    zip((x for x in chunk if not isinstance(x, types.MessageEmpty)), rows)
-                ):
+                for k, (i, row) in enumerate(kept):
                     if worker.wanted(row):
-                        media_tasks.append((base + i, asyncio.create_task(worker.fetch(msg, row))))
+                        msg = view.message_for(i)
+                        media_tasks.append((base + k, asyncio.create_task(worker.fetch(msg, row))))
             batch.extend_rows(rows)
             added = len(rows)
             m.stop("convert", t1)
             bar.update(messages=added)
             if remaining is not None:
-                remaining -= len(chunk)
+                remaining -= len(order)
             if len(batch) >= batch_size:
                 await writer.submit(_Pending(batch, top, media_tasks))
                 batch, media_tasks = ColumnBatch(), []
@@ -858,6 +866,8 @@ async def _refresh(
     bar: Progress,
     result: ExportResult,
     root: Path,
+    *,
+    fast_decode: bool | None = None,
 ) -> Checkpoint:
     """Re-read the last ``days`` of already-exported messages; keep one current row per message.
 
@@ -879,18 +889,22 @@ async def _refresh(
     offset = lo
     while offset <= cp.last_id:
         t0 = m.start()
-        page = await caller(_history_request(peer, offset_id=offset, add_offset=-PAGE), _HISTORY, via=via)
+        request = fastpath.history_request(
+            peer, chat_id=part.chat_id, offset_id=offset, add_offset=-PAGE, fast=fast_decode
+        )
+        page = await caller(request, _HISTORY, via=via)
         m.stop("fetch", t0)
         result.pages += 1
-        msgs = [x for x in page.messages if x.id <= cp.last_id]
-        if not page.messages:
+        view = fastpath.page_rows(page, part.chat_id)
+        m.count("pages_fast" if view.fast else "pages_telethon")
+        if not view.ids:
             break
-        for msg in sorted(msgs, key=lambda x: x.id):
-            row = convert.message_row(msg, part.chat_id)
-            if row is not None:
+        for i in sorted(range(len(view.ids)), key=view.ids.__getitem__):
+            row = view.rows[i]
+            if row is not None and row[1] <= cp.last_id:
                 batch.append_row(row)
                 seen.add(row[1])
-        offset = max(x.id for x in page.messages) + 1
+        offset = max(view.ids) + 1
         if offset > cp.last_id:
             break
     fresh = batch.to_polars()
