@@ -45,7 +45,7 @@ from telethon import utils as tl_utils
 from telethon.tl import functions, types
 
 from .config import setting
-from .errors import TelegramError, is_peer_error, telegram_errors
+from .errors import TelegramError, is_peer_error, telegram_errors, translate_telethon_error
 from .jupyter import NullProgress, Progress
 from .metrics import MetricsCollector
 from .pacing import Pacer
@@ -532,8 +532,7 @@ class Gateway:
                     peer=peer,
                 ) from exc
             except tl_errors.RPCError as exc:
-                with telegram_errors(peer=peer):
-                    raise exc
+                raise translate_telethon_error(exc, peer=peer) from exc
         finally:
             _ACTIVE.reset(token)
         self._takeout = takeout_client
