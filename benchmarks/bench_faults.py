@@ -105,7 +105,14 @@ def child_export(spec_path: str) -> int:
         )
         results = []
         try:
-            quiet = {"peer_cache": False, "progress": False, "monitor": False, "batch_size": spec["batch"]}
+            # the double's world has no rate limits: no proactive pacing (its flood waits are still obeyed)
+            quiet = {
+                "peer_cache": False,
+                "progress": False,
+                "monitor": False,
+                "batch_size": spec["batch"],
+                "pacer": tgkit.Pacer.unlimited(),
+            }
             results.append(await tgkit.export_chat(client, CHANNEL, spec["out"], **quiet))
             quiet["batch_size"] = 250  # the small group commits often too: kills can land between parts
             results.append(await tgkit.export_chat(client, GROUP, spec["out"], media=MEDIA, **quiet))
@@ -157,7 +164,13 @@ def child_memory(n: int, out: str) -> int:
         client = await connect_demo(world=world)
         try:
             return await tgkit.export_chat(
-                client, CHANNEL, out, peer_cache=False, progress=on_event, monitor=False
+                client,
+                CHANNEL,
+                out,
+                peer_cache=False,
+                progress=on_event,
+                monitor=False,
+                pacer=tgkit.Pacer.unlimited(),  # the double's world has no rate limits
             )
         finally:
             await client.disconnect()

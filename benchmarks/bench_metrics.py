@@ -90,6 +90,7 @@ async def worker(args: argparse.Namespace) -> dict:
                 peer_cache=False,
                 metrics=on,
                 monitor=on,
+                pacer=tgkit.Pacer.unlimited(),  # the double's world has no rate limits
             )
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             samples = len(pl_read(r.resources_path)) if on and r.resources_path else 0

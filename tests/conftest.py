@@ -12,7 +12,10 @@ from tgkit.offline import World
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No TGKIT_* or FORCE_CPU_TRANSCODE from the developer's shell leaks into a test (STYLE #4)."""
+    """No TGKIT_* or FORCE_CPU_TRANSCODE from the developer's shell leaks into a test (STYLE #4).
+
+    ``TGKIT_PACING=off``: tests run on the offline double, whose demo world has no rate limits, so no
+    export paces itself in real time; tests that exercise pacing pass a ``pacer=`` explicitly."""
     for name in list(os.environ):
         if name.startswith("TGKIT_") or name == "FORCE_CPU_TRANSCODE":
             monkeypatch.delenv(name)

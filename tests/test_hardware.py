@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tgkit import hardware
+from tgkit._child import child_env
 from tgkit.hardware import Candidate, LibvaInfo, ProbeSeams, PyAVCaps, describe, libva_info_from, probe
 
 CAT = shutil.which("cat")  # resolved before the tests empty PATH
@@ -350,5 +351,5 @@ def test_bad_force_flag_is_a_config_error(monkeypatch: pytest.MonkeyPatch, dri: 
 
 
 def test_child_runs_with_this_interpreter() -> None:
-    assert hardware._child_env()["PYTHONPATH"].split(os.pathsep)[0] == str(Path(hardware.__file__).parents[1])
+    assert child_env()["PYTHONPATH"].split(os.pathsep)[0] == str(Path(hardware.__file__).parents[1])
     assert sys.executable

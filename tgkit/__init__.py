@@ -1,16 +1,18 @@
 """tgkit: export and analyse Telegram data from Jupyter.
 
-client = await tgkit.offline.connect_demo()            # or a real Telethon client
-result = await tgkit.export_chat(client, "@tgkit_demo", "data/exports/demo")
+from tgkit import offline
+client = await offline.connect_demo()                  # or a real Telethon client
+result = await tgkit.export_chat(client, "@tgkit_demo", "data/exports/demo", pacer=tgkit.Pacer.unlimited())
 df = tgkit.open_dataset("data/exports/demo").collect()
 """
 
 from .dataset import open_dataset
-from .desktop import DesktopFormatError, DesktopImportResult, import_desktop
+from .desktop import DesktopImportResult, import_desktop
 from .errors import (
     AuthError,
     CacheError,
     ConfigError,
+    DesktopFormatError,
     EncoderUnavailable,
     ExportError,
     FloodWaitTooLong,

@@ -1,6 +1,7 @@
 """``tgkit demo | export | probe | import-desktop``: a thin client over the library.
 
-Library errors become one clear line on stderr and a non-zero exit, never a traceback.
+Library errors (every :class:`~tgkit.errors.TgkitError`, and a failed write) become one ``tgkit: ...`` line
+on stderr and a non-zero exit, never a traceback; ``tgkit --debug COMMAND`` shows the traceback too.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import asyncio
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, TgkitError
+from .errors import ConfigError, TgkitError, write_error
 
 __all__ = ["main"]
 
@@ -25,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="tgkit",
         description="Export and analyse Telegram data. Runs offline on a built-in demo world; "
         "real accounts use TGKIT_API_ID, TGKIT_API_HASH and TGKIT_SESSION.",
+    )
+    p.add_argument(
+        "--debug", action="store_true", help="on an error, also print the traceback (for bug reports)"
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -101,28 +106,44 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            return asyncio.run(_demo(args))
-        if args.command == "export":
-            return asyncio.run(_export(args))
-        if args.command == "probe":
-            return _probe(args)
-        if args.command == "import-desktop":
-            return _import_desktop(args)
-        if args.command == "pseudonymise":
-            return _pseudonymise(args)
+        return _run(args)
     except ConfigError as exc:
-        print(f"tgkit: configuration error: {exc}", file=sys.stderr)
+        _report(args, exc, f"configuration error: {exc}")
         return 2
     except TgkitError as exc:
         where = getattr(exc, "checkpoint", None)
         hint = f" (checkpoint: {where}; rerun to resume)" if where else ""
-        print(f"tgkit: error: {exc}{hint}", file=sys.stderr)
+        _report(args, exc, f"error: {exc}{hint}")
+        return 1
+    except OSError as exc:
+        if isinstance(exc, ConnectionError):
+            _report(args, exc, f"error: lost the connection: {exc}")
+        else:  # a write of the CLI's own (plots, summaries): one line naming the path
+            _report(args, exc, f"error: {write_error(exc, Path.cwd())}")
         return 1
     except KeyboardInterrupt:
         print("tgkit: interrupted; what was exported so far is committed, rerun to resume", file=sys.stderr)
         return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        return asyncio.run(_demo(args))
+    if args.command == "export":
+        return asyncio.run(_export(args))
+    if args.command == "probe":
+        return _probe(args)
+    if args.command == "import-desktop":
+        return _import_desktop(args)
+    if args.command == "pseudonymise":
+        return _pseudonymise(args)
     raise AssertionError(args.command)
+
+
+def _report(args: argparse.Namespace, exc: BaseException, line: str) -> None:
+    if args.debug:
+        traceback.print_exception(exc)
+    print(f"tgkit: {line}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,20 +152,27 @@ def main(argv: list[str] | None = None) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from . import export_chat, open_dataset
-    from .offline import World, connect_demo
+    from . import Pacer, export_chat, offline, open_dataset
 
     out = args.out
     print(f"tgkit demo: building the offline demo world (seed {args.seed}) ...")
-    client = await connect_demo(world=World(seed=args.seed))
+    client = await offline.connect_demo(world=offline.World(seed=args.seed))
     results = []
     try:
         for chat, media in (
             ("@tgkit_demo", None if args.no_media else ["photo", "video"]),
             ("@tgkit_group", None),
         ):
+            # The demo world has no rate limits: pacing it like a real account would only make it slow.
             r = await export_chat(
-                client, chat, out, resume=False, media=media, peer_cache=False, progress="auto"
+                client,
+                chat,
+                out,
+                resume=False,
+                media=media,
+                peer_cache=False,
+                progress="auto",
+                pacer=Pacer.unlimited(),
             )
             results.append(r)
     finally:

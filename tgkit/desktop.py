@@ -35,7 +35,7 @@ import polars as pl
 import pyarrow.compute as pc
 
 from .dataset import ChatPartition, Checkpoint, check_output_dir, open_dataset, update_manifest
-from .errors import ConfigError, ExportError, TgkitError
+from .errors import ConfigError, DesktopFormatError, ExportError
 from .records import (
     MESSAGE_COLUMNS,
     ColumnBatch,
@@ -62,18 +62,6 @@ __all__ = [
     "import_desktop",
     "iter_desktop_batches",
 ]
-
-
-class DesktopFormatError(TgkitError):
-    """The input is not a readable Telegram Desktop JSON export (not JSON, not UTF-8, HTML export ...).
-
-    ``.path`` is the file; ``.report`` (when parsing had started) says how far it got.
-    """
-
-    def __init__(self, message: str, *, path: Path | None = None, report: DesktopImportReport | None = None):
-        super().__init__(message)
-        self.path = path
-        self.report = report
 
 
 class DesktopExportNotFound(DesktopFormatError, FileNotFoundError):

@@ -1,12 +1,18 @@
-"""One exception tree for tgkit, and the single boundary that translates Telethon's errors.
+"""One exception tree for tgkit, and the boundaries that translate other libraries' errors into it.
 
-Everything tgkit raises on purpose is a :class:`TgkitError`.  Telethon errors are translated in
-:func:`translate_telethon_error` only, always chained (``raise ... from exc``) so the original stays
-inspectable as ``__cause__``.
+Everything tgkit raises on purpose is a :class:`TgkitError`.  Telethon errors are translated at one
+boundary, ``with telegram_errors(peer=...)`` (built on :func:`translate_telethon_error`), used by the
+gateway (:mod:`tgkit.telegram`); an ``OSError`` from a writer becomes an :class:`ExportError` naming the
+path and the reason (``with write_errors(path)``).  Always chained (``raise ... from exc``) so the
+original stays inspectable as ``__cause__``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +20,7 @@ __all__ = [
     "AuthError",
     "CacheError",
     "ConfigError",
+    "DesktopFormatError",
     "EncoderUnavailable",
     "ExportError",
     "FloodWaitTooLong",
@@ -21,7 +28,9 @@ __all__ = [
     "PeerNotFound",
     "TelegramError",
     "TgkitError",
+    "telegram_errors",
     "translate_telethon_error",
+    "write_errors",
 ]
 
 
@@ -70,7 +79,17 @@ class CacheError(TgkitError):
     """An unreadable, corrupt or wrong-version cache, checkpoint or state file."""
 
 
-# DesktopFormatError (a TgkitError) lives in tgkit.desktop, beside the parser that raises it.
+class DesktopFormatError(TgkitError):
+    """The input is not a readable Telegram Desktop JSON export (not JSON, not UTF-8, HTML export ...).
+
+    ``.path`` is the file; ``.report`` (a ``DesktopImportReport``, when parsing had started) says how far
+    it got.
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None, report: Any = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.report = report
 
 
 class HardwareError(TgkitError):
@@ -167,3 +186,71 @@ def translate_telethon_error(exc: BaseException, *, peer: Any = None) -> TgkitEr
     if name:
         return TelegramError(f"Telegram error {name}{shown}", peer=peer)
     return TelegramError(f"{type(exc).__name__}: {exc}{shown}", peer=peer)
+
+
+@contextlib.contextmanager
+def telegram_errors(*, peer: Any = None, resolving: bool = False) -> Iterator[None]:
+    """The Telethon boundary: any Telethon RPC error raised inside becomes tgkit's error, chained.
+
+    With ``resolving=True``, ``ValueError``/``TypeError`` (Telethon's way of saying "no such entity")
+    become :class:`PeerNotFound` too.  tgkit's own errors pass through.
+    """
+    from telethon import errors as tl_errors
+
+    try:
+        yield
+    except TgkitError:
+        raise
+    except tl_errors.RPCError as exc:
+        raise translate_telethon_error(exc, peer=peer) from exc
+    except (ValueError, TypeError) as exc:
+        if not resolving:
+            raise
+        # Telethon turns USERNAME_NOT_OCCUPIED into ValueError('No user has "x" as username') raised from
+        # the RPC error: translate the RPC error so an unknown name is PeerNotFound.
+        cause = exc.__cause__
+        named = cause if cause is not None and is_peer_error(cause) else exc
+        err = translate_telethon_error(named, peer=peer)
+        if type(err) is TelegramError:
+            err = PeerNotFound(f"Chat not found: {peer!r} ({exc})", peer=peer)
+        raise err from exc
+
+
+_WRITE_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (a file size limit, e.g. ulimit -f, was reached)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+
+
+def write_error(exc: OSError, path: str | os.PathLike[str]) -> ExportError:
+    """An :class:`ExportError` naming ``path`` (or the file the OS named) and why writing it failed."""
+    where = exc.filename if isinstance(exc.filename, str) and exc.filename else os.fspath(path)
+    reason = _WRITE_REASONS.get(exc.errno or 0) or exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno is None:
+        # pyarrow raises OSError("... error: File too large") with no errno: recognise the usual texts
+        text = str(exc).lower()
+        for code, words in (
+            (errno.ENOSPC, "no space"),
+            (errno.EFBIG, "too large"),
+            (errno.EACCES, "permission"),
+        ):
+            if words in text:
+                reason = _WRITE_REASONS[code]
+                break
+    return ExportError(f"cannot write {where}: {reason}")
+
+
+@contextlib.contextmanager
+def write_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Writers' boundary: an ``OSError`` (disk full, permission, size limit) becomes an ExportError
+    naming ``path`` and the reason.  Network errors (``ConnectionError``) are not writers' errors."""
+    try:
+        yield
+    except ConnectionError:
+        raise
+    except OSError as exc:
+        raise write_error(exc, path) from exc

@@ -1,10 +1,12 @@
 """Awaitable export helpers and the streaming export pipeline.
 
 ``await export_chat(client, "@channel", out)`` streams a chat oldest-to-newest into a Parquet dataset:
-fetch (paced, flood waits handled, reconnects) -> convert (column batches) -> write (parts committed
-by the checkpoint), with media downloads and video transcodes running beside it.  A rerun resumes from
-the checkpoint and picks up new messages.  ``await export_messages(...)`` returns records for small,
-interactive looks.  Every helper has a ``*_sync`` twin.
+fetch (through the gateway, :mod:`tgkit.telegram`: paced, flood waits handled, reconnects) -> convert
+(column batches) -> write (parts committed by the checkpoint), with media downloads and video transcodes
+running beside it.  One export is an :class:`_ExportRun`: ``async with`` it owns the gateway (flood
+threshold, takeout), the resource monitor, the peer-cache save and the metrics files; its methods are
+the stages.  A rerun resumes from the checkpoint and picks up new messages.  ``await
+export_messages(...)`` returns records for small, interactive looks.  Every helper has a ``*_sync`` twin.
 """
 
 from __future__ import annotations
@@ -12,35 +14,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-from telethon import errors as tl_errors
-from telethon import utils as tl_utils
-from telethon.tl import functions, types
 
 from . import convert, fastpath
 from .dataset import ChatPartition, Checkpoint, check_output_dir, open_dataset, update_manifest
-from .errors import (
-    ExportError,
-    FloodWaitTooLong,
-    TelegramError,
-    TgkitError,
-    is_peer_error,
-    translate_telethon_error,
-)
-from .jupyter import Progress, format_rate, format_seconds, make_progress, run_sync
+from .errors import ConfigError, ExportError, FloodWaitTooLong, TgkitError, write_error, write_errors
+from .jupyter import Progress, ProgressMode, format_rate, format_seconds, make_progress, run_sync
 from .media import media_file_name, normalise_media_kinds, safe_path
 from .metrics import MetricsCollector, ResourceMonitor
 from .pacing import Pacer
 from .records import MESSAGE_COLUMNS, ColumnBatch, Records, arrow_schema
+from .telegram import PAGE, Gateway, chat_id_of, default_pacer, page_title
+
+if TYPE_CHECKING:
+    from .peers import PeerCache
 
 __all__ = [
     "ExportResult",
+    "MediaKinds",
     "export_chat",
     "export_chat_sync",
     "export_messages",
@@ -51,20 +49,10 @@ __all__ = [
 # skip them, as they skip "_checkpoint.json".
 MEDIA_DIR = "_media"
 METRICS_DIR = "_metrics"
-PAGE = 100  # messages.getHistory returns at most 100 messages
-_REFERENCE_REFRESHES = 3  # FILE_REFERENCE_EXPIRED: refetch the message this many times per file
-_HISTORY = "messages.GetHistory"
-_GET_FILE = "upload.GetFile"
-_RETRYABLE = (
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-    tl_errors.ServerError,
-    tl_errors.RpcCallFailError,
-    tl_errors.TimedOutError,
-)
-_DOWNLOAD_RETRYABLE = tuple(e for e in _RETRYABLE if e is not OSError)
 _COL = {name: i for i, name in enumerate(MESSAGE_COLUMNS)}
+
+# ``media=``: None/False (no downloads), True/"all", one kind ("photo") or several (["photo", "video"]).
+MediaKinds = bool | str | Iterable[str] | None
 
 
 @dataclass(slots=True)
@@ -118,130 +106,7 @@ class ExportResult:
 
 
 # --------------------------------------------------------------------------------------------------
-# The request boundary: pacing, flood waits, reconnects, error translation.
-
-
-class _Caller:
-    """Sends requests for one export: paced, flood waits slept off or raised, disconnects retried."""
-
-    def __init__(
-        self,
-        client: Any,
-        pacer: Pacer,
-        metrics: MetricsCollector,
-        progress: Progress,
-        *,
-        peer: Any,
-        max_retries: int = 6,
-        backoff: float = 1.0,
-    ) -> None:
-        self.client = client
-        self.pacer = pacer
-        self.metrics = metrics
-        self.progress = progress
-        self.peer = peer
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.reconnects = 0
-        self.sent: dict[str, int] = {}
-        self._reconnect_lock = asyncio.Lock()
-        # Set when the peer came from the peer cache: repairs a stale access hash once (see export_chat).
-        self.on_stale_peer: Callable[[], Awaitable[bool]] | None = None
-
-    async def __call__(self, request: Any, name: str, *, via: Any = None) -> Any:
-        client = via or self.client
-        failures = 0
-        while True:
-            waited = await self.pacer.acquire(name)
-            if waited:
-                self.metrics.add_time("pacing", waited)
-            self.sent[name] = self.sent.get(name, 0) + 1
-            try:
-                return await client(request)
-            except tl_errors.FloodWaitError as exc:
-                t0 = self.metrics.start()
-                await self.pacer.flood_wait(
-                    exc.seconds,
-                    name,
-                    peer=self.peer,
-                    on_wait=lambda s, n: self.progress.countdown(s, f"FLOOD_WAIT on {n}"),
-                )
-                self.metrics.stop("flood_wait", t0)
-                # Telethon stamped the wait with time.time(); we have waited it out ourselves.
-                getattr(self.client, "_flood_waited_requests", {}).pop(request.CONSTRUCTOR_ID, None)
-            except _RETRYABLE as exc:
-                failures += 1
-                if failures > self.max_retries:
-                    raise TelegramError(
-                        f"giving up after {failures} failures talking to Telegram: {exc}", peer=self.peer
-                    ) from exc
-                await self._recover(failures)
-            except ValueError as exc:
-                # Telethon ends its own retries of 5xx answers with ValueError("Request was unsuccessful N time(s)")
-                if "unsuccessful" not in str(exc):
-                    raise
-                failures += 1
-                if failures > self.max_retries:
-                    raise TelegramError(f"Telegram kept failing: {exc}", peer=self.peer) from exc
-                await self._recover(failures)
-            except tl_errors.RPCError as exc:
-                repair = self.on_stale_peer
-                if repair is not None and is_peer_error(exc):
-                    self.on_stale_peer = None
-                    if await repair():
-                        continue  # the peer object every request shares was patched in place: resend
-                raise translate_telethon_error(exc, peer=self.peer) from exc
-
-    async def _recover(self, failures: int) -> None:
-        delay = min(self.backoff * 2 ** (failures - 1), 60.0)
-        self.progress.set_stage(f"reconnecting (attempt {failures})")
-        await asyncio.sleep(delay)
-        async with self._reconnect_lock:  # one reconnect however many requests (downloads) failed together
-            if not self.client.is_connected():
-                with contextlib.suppress(*_RETRYABLE):
-                    await self.client.connect()
-                    self.reconnects += 1
-        self.progress.set_stage("fetching")
-
-
-def _history_request(
-    peer: Any,
-    *,
-    offset_id: int,
-    add_offset: int,
-    limit: int = PAGE,
-    offset_date: datetime | None = None,
-    min_id: int = 0,
-    max_id: int = 0,
-) -> Any:
-    return functions.messages.GetHistoryRequest(
-        peer=peer,
-        offset_id=offset_id,
-        offset_date=offset_date,
-        add_offset=add_offset,
-        limit=limit,
-        max_id=max_id,
-        min_id=min_id,
-        hash=0,
-    )
-
-
-async def _resolve(client: Any, chat: Any, peer_cache: Any) -> Any:
-    if isinstance(chat, types.TypeInputPeer):
-        return chat
-    try:
-        if peer_cache is not None:
-            return await peer_cache.resolve(client, chat)
-        return await client.get_input_entity(chat)
-    except TgkitError:
-        raise
-    except (ValueError, TypeError, tl_errors.RPCError) as exc:
-        err = translate_telethon_error(exc, peer=chat)
-        if not isinstance(err, TelegramError) or type(err) is TelegramError:
-            from .errors import PeerNotFound
-
-            err = PeerNotFound(f"Chat not found: {chat!r} ({exc})", peer=chat)
-        raise err from exc
+# Helpers
 
 
 def _protect_session_file(client: Any) -> None:
@@ -256,47 +121,14 @@ def _protect_session_file(client: Any) -> None:
             path.chmod(0o600)
 
 
-def _default_peer_cache(peer_cache: Any) -> Any:
+def _default_peer_cache(peer_cache: PeerCache | bool | None) -> PeerCache | None:
     if peer_cache is False:
         return None
-    if peer_cache is None:
+    if peer_cache is None or peer_cache is True:
         from .peers import PeerCache
 
         return PeerCache()
     return peer_cache
-
-
-def _chat_id(peer: Any) -> int:
-    """The bare positive id the dataset uses for a chat (Telegram's own, unmarked)."""
-    if isinstance(peer, types.InputPeerChannel):
-        return peer.channel_id
-    if isinstance(peer, types.InputPeerChat):
-        return peer.chat_id
-    if isinstance(peer, types.InputPeerUser):
-        return peer.user_id
-    return abs(tl_utils.get_peer_id(peer, add_mark=False))
-
-
-def _title_of(result: Any, chat_id: int) -> str | None:
-    for c in getattr(result, "chats", ()):
-        if getattr(c, "id", None) == chat_id:
-            return getattr(c, "title", None)
-    for u in getattr(result, "users", ()):
-        if getattr(u, "id", None) == chat_id:
-            return " ".join(filter(None, (u.first_name, u.last_name))) or u.username
-    return None
-
-
-def _api_snapshot(client: Any) -> dict[str, int] | None:
-    server = getattr(client, "offline", None)
-    return server.call_log.snapshot() if server is not None else None
-
-
-def _api_delta(before: dict[str, int] | None, client: Any, fallback: dict[str, int]) -> dict[str, int]:
-    after = _api_snapshot(client)
-    if before is None or after is None:
-        return dict(sorted(fallback.items()))
-    return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v - before.get(k, 0)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,13 +136,14 @@ def _api_delta(before: dict[str, int] | None, client: Any, fallback: dict[str, i
 
 
 class _MediaWorker:
-    """Downloads (and optionally transcodes) media beside the fetch loop; bounded concurrency."""
+    """Downloads (and optionally transcodes) media beside the fetch loop; bounded concurrency.  The
+    gateway does the downloading (pacing, flood waits, reconnects, reference refreshes)."""
 
     def __init__(
         self,
-        client: Any,
-        call: _Caller,
+        gateway: Gateway,
         peer: Any,
+        label: Any,
         root: Path,
         chat_id: int,
         kinds: frozenset[str],
@@ -322,9 +155,9 @@ class _MediaWorker:
         progress: Progress,
         result: ExportResult,
     ) -> None:
-        self.client = client
-        self.call = call
+        self.gateway = gateway
         self.peer = peer
+        self.label = label
         self.dir = root / MEDIA_DIR / f"chat_id={chat_id}"
         self.kinds = kinds
         self.max_bytes = max_bytes
@@ -364,57 +197,8 @@ class _MediaWorker:
         name = media_file_name(message.id, kind, row[_COL["media_file_name"]], row[_COL["media_mime"]])
         dest = safe_path(self.dir, name)
         t0 = self.metrics.start()
-        tmp = dest.with_name(dest.name + ".part")
-        refreshes = failures = 0
-        while True:
-            waited = await self.call.pacer.acquire(_GET_FILE)
-            if waited:
-                self.metrics.add_time("pacing", waited)
-            try:
-                await self.client.download_media(message, file=str(tmp))
-                break
-            except tl_errors.FloodWaitError as exc:
-                # Blocks downloads only (history keeps going); above the ceiling this file fails.
-                failures += 1
-                if failures > self.call.max_retries:
-                    raise
-                await self.call.pacer.flood_wait(
-                    exc.seconds,
-                    _GET_FILE,
-                    peer=self.call.peer,
-                    on_wait=lambda s, n: self.progress.countdown(s, f"FLOOD_WAIT on {n}"),
-                )
-                flood_marks = getattr(self.client, "_flood_waited_requests", {})
-                flood_marks.pop(functions.upload.GetFileRequest.CONSTRUCTOR_ID, None)
-                continue
-            except _DOWNLOAD_RETRYABLE:
-                # The connection dropped under the download (the fetch loop sees it too): back off,
-                # reconnect (once for everyone), download again.  Local file errors are not retried.
-                failures += 1
-                if failures > self.call.max_retries:
-                    raise
-                await self.call._recover(failures)
-                continue
-            except tl_errors.FileReferenceExpiredError:
-                # A fresh reference can expire again mid-download (a long file, a busy account): a few
-                # refreshes, never an endless loop.
-                refreshes += 1
-                if refreshes > _REFERENCE_REFRESHES:
-                    raise
-                # References expire; a fresh copy of the message carries a fresh one.
-                fresh = await self.call(
-                    functions.channels.GetMessagesRequest(self.peer, [types.InputMessageID(message.id)])
-                    if isinstance(self.peer, types.InputPeerChannel)
-                    else functions.messages.GetMessagesRequest([types.InputMessageID(message.id)]),
-                    "channels.GetMessages",
-                )
-                found = [m for m in fresh.messages if getattr(m, "id", None) == message.id and m.media]
-                if not found:
-                    return None, "message or media no longer available"
-                message = found[0]
-        if not tmp.exists():
-            return None, "download produced no file"
-        tmp.replace(dest)
+        if not await self.gateway.download(message, dest, peer=self.peer, label=self.label):
+            return None, "message or media no longer available"
         self.metrics.stop("download", t0)
         self.result.media_downloaded += 1
         rel = dest.relative_to(self.root).as_posix()
@@ -501,8 +285,11 @@ class _Writer:
                 errors_[idx] = err
         t0 = self.metrics.start()
         table = item.batch.to_arrow()  # GIL-bound: a thread would only contend with the fetch loop
-        self.cp, nbytes = await asyncio.to_thread(self.part.write_part, self.cp, table, last_id=item.last_id)
-        await asyncio.to_thread(update_manifest, self.root, self.cp)
+        with write_errors(self.part.dir):  # disk full, permission: an ExportError naming the folder
+            self.cp, nbytes = await asyncio.to_thread(
+                self.part.write_part, self.cp, table, last_id=item.last_id
+            )
+            await asyncio.to_thread(update_manifest, self.root, self.cp)
         self.metrics.stop("write", t0)
         self.metrics.add_bytes_written(nbytes)
         self.result.parts_written += 1
@@ -510,6 +297,399 @@ class _Writer:
         self.result.messages += table.num_rows
         self.result.total_rows = self.cp.rows
         self.result.last_id = self.cp.last_id
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------------
+# The export run: one chat, one `async with`, the stages as methods.
+
+
+@dataclass(slots=True)
+class _Options:
+    """What ``export_chat`` was asked to do (its keyword arguments, resolved)."""
+
+    resume: bool = True
+    limit: int | None = None
+    batch_size: int = 10_000
+    kinds: frozenset[str] = frozenset()
+    media_max_bytes: int | None = 50 * 1024 * 1024
+    media_concurrency: int = 3
+    transcode: bool = False
+    takeout: bool = False
+    refresh_days: float = 0
+    retry_media: bool = True
+    metrics: bool = True
+    monitor: bool | float = True
+    fast_decode: bool | None = None  # None: TGKIT_FAST_DECODE, default on
+
+
+class _ExportRun:
+    """One export of one chat.
+
+    ``async with _ExportRun(...) as run: await run.execute()``.  Entering opens the resource monitor,
+    the gateway (flood threshold, request counting) and the takeout session if asked; leaving commits
+    what was converted before a failure, closes them in reverse order, saves the peer cache, and writes
+    the metrics files.  ``run.result`` is the :class:`ExportResult`.
+
+    Where things happen (for hooks): a history page is requested in :meth:`_fetch_page` and converted
+    in :meth:`_stream` (``convert.message_row`` into a :class:`ColumnBatch`); media is queued in
+    :meth:`_stream` (``_MediaWorker.fetch`` tasks travel with the batch); a part is written by
+    :class:`_Writer` (``ChatPartition.write_part`` + the manifest); progress is updated in
+    :meth:`_stream` (``bar.update``) and by the media worker (``update(media=1)``).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        chat: Any,
+        root: Path,
+        options: _Options,
+        *,
+        progress: ProgressMode | Progress,
+        peer_cache: PeerCache | bool | None,
+        pacer: Pacer | None,
+        flood_ceiling: float | None,
+    ) -> None:
+        self.chat = chat
+        self.root = root
+        self.opts = options
+        self.metrics = MetricsCollector(enabled=bool(options.metrics))
+        monitor = options.monitor
+        self.monitor = (
+            ResourceMonitor(interval=monitor if isinstance(monitor, float) else 0.5) if monitor else None
+        )
+        self.bar = make_progress(progress, desc=f"export {chat}")
+        self.cache = _default_peer_cache(peer_cache)
+        self.pacer = pacer if pacer is not None else default_pacer(client, flood_ceiling)
+        self.bar.set_pacer(self.pacer)
+        self.gateway = Gateway(
+            client, pacer=self.pacer, metrics=self.metrics, progress=self.bar, peer_cache=self.cache
+        )
+        self.result = ExportResult(path=root, chat_id=0, peer=str(chat))
+        self.peer: Any = None
+        self.part: ChatPartition | None = None
+        self.worker: _MediaWorker | None = None
+        self.writer: _Writer | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    # ---------------------------------------------------------------------------------- lifetime
+
+    async def __aenter__(self) -> _ExportRun:
+        stack = self._stack
+        try:
+            if self.monitor is not None:
+                self.monitor.start()
+                stack.callback(self.monitor.stop)
+            await stack.enter_async_context(self.gateway)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if exc is not None:
+                await self._commit_on_failure(exc)
+        finally:
+            await self._stack.aclose()  # takeout finished, gateway closed (threshold restored), monitor
+            self._finish(failed=exc is not None)
+        if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
+            # a writer outside the part writer (media folder, manifest, checkpoint): one tgkit error
+            err = write_error(exc, self.root)
+            err.checkpoint = self._checkpoint_path()
+            raise err from exc
+
+    def _checkpoint_path(self) -> Path | None:
+        return self.part.checkpoint_path if self.part is not None else None
+
+    async def _commit_on_failure(self, exc: BaseException) -> None:
+        if self.writer is not None:
+            # commit what was fetched and converted before the failure: a rerun resumes after it
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self.writer.close())
+        if isinstance(exc, FloodWaitTooLong | ExportError) and self.part is not None:
+            exc.checkpoint = self.part.checkpoint_path
+        self.bar.close(error=exc)
+
+    def _finish(self, *, failed: bool) -> None:
+        result, collector, cache = self.result, self.metrics, self.cache
+        if cache is not None:
+            with contextlib.suppress(Exception):
+                cache.save()
+        with contextlib.suppress(OSError):
+            self.pacer.save()  # what it learned of the account's limits (a no-op without a state file)
+        result.seconds = self.bar.stop()  # the progress's clock: its final line and this repr agree
+        result.flood_waits = self.pacer.flood_waits
+        result.flood_wait_seconds = self.pacer.flood_wait_s
+        result.api_calls = self.gateway.api_calls
+        result.reconnects = self.gateway.reconnects
+        collector.set_api_calls(result.api_calls)
+        if cache is not None:
+            collector.set_cache_stats("peer_cache", cache.stats())
+        collector.count("messages", result.messages)
+        collector.finish()
+        result.metrics = collector
+        if result.chat_id and self.opts.metrics:
+            where = self.root / METRICS_DIR / f"chat_id={result.chat_id}"
+            try:
+                with write_errors(where):
+                    result.metrics_path = collector.to_json(where / "metrics.json")
+                    if self.monitor is not None:
+                        result.resources_path = self.monitor.samples.to_parquet(where / "resources.parquet")
+            except ExportError:
+                if not failed:  # the data is committed; say the disk is full rather than hide it
+                    raise
+        self.bar.close()
+
+    # ---------------------------------------------------------------------------------- stages
+
+    async def execute(self) -> ExportResult:
+        """Resolve, (refresh, retry media,) stream new messages; the result is also ``self.result``."""
+        opts, result, bar, gw = self.opts, self.result, self.bar, self.gateway
+        with self.metrics.timer("resolve"):
+            self.peer = await gw.resolve(self.chat)
+        chat_id = chat_id_of(self.peer)
+        result.chat_id = chat_id
+        part = self.part = ChatPartition(self.root, chat_id)
+        cp = part.load() if opts.resume else None
+        cp = part.start(cp)
+        cp.peer = str(self.chat)
+        result.resumed_from = cp.last_id or None
+        result.total_rows = cp.rows
+        result.last_id = cp.last_id
+        if opts.takeout:
+            await self._stack.enter_async_context(gw.takeout(peer=self.chat))
+        if opts.kinds:
+            self.worker = _MediaWorker(
+                gw, self.peer, self.chat, self.root, chat_id, opts.kinds,
+                max_bytes=opts.media_max_bytes, concurrency=opts.media_concurrency,
+                transcode=opts.transcode, metrics=self.metrics, progress=bar, result=result,
+            )  # fmt: skip
+        if opts.refresh_days and cp.last_id:
+            cp = await self._refresh(cp)
+        if self.worker is not None and cp.parts and opts.retry_media:
+            cp = await self._retry_media(cp)
+        writer = self.writer = _Writer(part, cp, self.metrics, result, self.root)
+        writer.start()
+        bar.set_stage("fetching")
+        await self._stream(cp)
+        bar.set_stage("downloading media" if self.worker is not None else "writing")
+        await writer.close()
+        self.writer = None
+        title = result.title
+        if title and cp.title != title:
+            final = part.load() or cp
+            final.title = title
+            with write_errors(part.dir):
+                part.commit(final)
+                update_manifest(self.root, final)
+        bar.set_stage("done")
+        return result
+
+    def _fetch_page(self, offset: int) -> Awaitable[Any]:
+        """The history page of messages after ``offset - 1`` (oldest first), through the gateway."""
+        return self.gateway.history(
+            self.peer,
+            offset_id=offset,
+            add_offset=-PAGE,
+            label=self.chat,
+            chat_id=self.result.chat_id,
+            fast=self.opts.fast_decode,
+        )
+
+    async def _stream(self, cp: Checkpoint) -> None:
+        """Fetch pages oldest-to-newest after the checkpoint, prefetching one page ahead."""
+        assert self.writer is not None
+        writer, worker, m, bar, result = self.writer, self.worker, self.metrics, self.bar, self.result
+        chat_id = result.chat_id
+        fetch = self._fetch_page
+        remaining = self.opts.limit
+        batch_size = self.opts.batch_size
+        batch = ColumnBatch()
+        media_tasks: list[tuple[int, asyncio.Task]] = []
+        top = cp.last_id
+        pending: asyncio.Future | None = asyncio.ensure_future(fetch(top + 1))
+        first = True
+        try:
+            while True:
+                assert pending is not None  # the loop breaks before it would await nothing
+                t0 = m.start()
+                page = await pending
+                m.stop("fetch", t0)
+                result.pages += 1
+                view = fastpath.page_rows(page, chat_id)
+                m.count("pages_fast" if view.fast else "pages_telethon")
+                ids = view.ids
+                if first:
+                    first = False
+                    result.title = page_title(page, chat_id)
+                    if self.cache is not None:
+                        self.cache.learn(page)  # free knowledge: the page's .chats/.users (first page only)
+                    count = getattr(page, "count", None)
+                    if count is not None:
+                        bar.set_total(max(count - cp.rows, len(ids)) if remaining is None else remaining)
+                if not ids:
+                    break
+                top = max(ids)
+                done = remaining is not None and remaining <= len(ids)
+                pending = None if done else asyncio.ensure_future(fetch(top + 1))
+                t1 = m.start()
+                order = sorted(range(len(ids)), key=ids.__getitem__)  # page positions, oldest first
+                if remaining is not None:
+                    order = order[:remaining]
+                    top = ids[order[-1]] if order else top
+                page_rows = view.rows
+                kept = [(i, row) for i in order if (row := page_rows[i]) is not None]  # MessageEmpty: no row
+                rows = [row for _, row in kept]
+                if worker is not None:
+                    base = len(batch)
+                    for k, (i, row) in enumerate(kept):
+                        if worker.wanted(row):
+                            task = asyncio.create_task(worker.fetch(view.message_for(i), row))
+                            media_tasks.append((base + k, task))
+                batch.extend_rows(rows)
+                m.stop("convert", t1)
+                bar.update(messages=len(rows))
+                if remaining is not None:
+                    remaining -= len(order)
+                if len(batch) >= batch_size:
+                    await writer.submit(_Pending(batch, top, media_tasks))
+                    batch, media_tasks = ColumnBatch(), []
+                if done:
+                    break
+        except BaseException:
+            if pending is not None:
+                pending.cancel()
+            for _, task in media_tasks:
+                task.cancel()
+            if len(batch):
+                # keep what was fetched: media that did not finish is recorded as interrupted
+                for idx, _task in media_tasks:
+                    batch.cols["media_error"][idx] = "interrupted"
+                await writer.submit(_Pending(batch, top, []))
+            raise
+        if len(batch):
+            await writer.submit(_Pending(batch, top, media_tasks))
+
+    async def _retry_media(self, cp: Checkpoint) -> Checkpoint:
+        """Download again the media of committed rows that recorded an error (an interrupted run, a
+        transient failure), and swap the parts that held them for corrected ones."""
+        assert self.part is not None and self.worker is not None
+        part, worker, bar, result = self.part, self.worker, self.bar, self.result
+        for name in list(cp.parts):
+            path = part.dir / name
+            probe = pl.read_parquet(path, columns=["id", "media_type", "media_path", "media_error"])
+            ids = probe.filter(
+                # a row with a file but an error (a transcode that failed) keeps its original: not retried
+                pl.col("media_error").is_not_null()
+                & pl.col("media_path").is_null()
+                & pl.col("media_type").is_in(sorted(worker.kinds))
+            )["id"].to_list()
+            if not ids:
+                continue
+            bar.set_stage(f"retrying {len(ids)} media file(s)")
+            fixed: dict[int, tuple[str | None, str | None]] = {}
+            for start in range(0, len(ids), PAGE):
+                messages = await self.gateway.get_messages(
+                    self.peer, ids[start : start + PAGE], label=self.chat
+                )
+                jobs = []
+                for msg in messages:
+                    row = convert.message_row(msg, part.chat_id)
+                    if row is not None and worker.wanted(row):
+                        jobs.append((msg.id, asyncio.create_task(worker.fetch(msg, row))))
+                for msg_id, task in jobs:
+                    fixed[msg_id] = await task
+            if not fixed:
+                continue
+            recovered = sum(1 for p, err in fixed.values() if err is None and p is not None)
+            result.media_retried += len(fixed)
+            result.media_recovered += recovered
+            df = pl.read_parquet(path)
+            upd = pl.DataFrame(
+                {
+                    "id": list(fixed),
+                    "_path": [p for p, _ in fixed.values()],
+                    "_err": [e for _, e in fixed.values()],
+                },
+                schema={"id": pl.Int64, "_path": pl.String, "_err": pl.String},
+            )
+            df = (
+                df.join(upd, on="id", how="left", maintain_order="left")
+                .with_columns(
+                    media_path=pl.when(pl.col("_err").is_null() & pl.col("_path").is_not_null())
+                    .then(pl.col("_path"))
+                    .otherwise(pl.col("media_path")),
+                    media_error=pl.when(pl.col("id").is_in(list(fixed)))
+                    .then(pl.col("_err"))
+                    .otherwise(pl.col("media_error")),
+                )
+                .drop("_path", "_err")
+            )
+            with write_errors(part.dir):
+                cp, _ = await asyncio.to_thread(part.swap_part, cp, name, df.to_arrow().cast(arrow_schema()))
+                update_manifest(self.root, cp)
+        return cp
+
+    async def _refresh(self, cp: Checkpoint) -> Checkpoint:
+        """Re-read the last ``refresh_days`` of already-exported messages; keep one current row per
+        message.  Rows whose message no longer exists are dropped and counted in ``deleted``."""
+        assert self.part is not None
+        part, m, bar, result, days = self.part, self.metrics, self.bar, self.result, self.opts.refresh_days
+        bar.set_stage(f"refreshing last {days:g} days")
+        existing = part.read(cp)
+        if existing.is_empty():
+            return cp
+        newest = existing["date"].max()
+        assert isinstance(newest, datetime)
+        since = int(newest.timestamp() - days * 86_400)
+        old_ids = existing.filter(pl.col("date") >= datetime.fromtimestamp(since, UTC))["id"]
+        if old_ids.is_empty():
+            return cp
+        lo = int(old_ids.min())  # type: ignore[arg-type]
+        batch = ColumnBatch()
+        seen: set[int] = set()
+        offset = lo
+        while offset <= cp.last_id:
+            t0 = m.start()
+            page = await self._fetch_page(offset)
+            m.stop("fetch", t0)
+            result.pages += 1
+            view = fastpath.page_rows(page, part.chat_id)
+            m.count("pages_fast" if view.fast else "pages_telethon")
+            if not view.ids:
+                break
+            for i in sorted(range(len(view.ids)), key=view.ids.__getitem__):
+                row = view.rows[i]
+                if row is not None and row[1] <= cp.last_id:
+                    batch.append_row(row)
+                    seen.add(row[1])
+            offset = max(view.ids) + 1
+            if offset > cp.last_id:
+                break
+        fresh = batch.to_polars()
+        # keep media paths from the first export (refresh does not re-download)
+        keep_cols = ["id", "media_path", "media_error"]
+        fresh = fresh.drop("media_path", "media_error").join(existing.select(keep_cols), on="id", how="left")
+        fresh = fresh.select(existing.columns)
+        gone = set(old_ids.to_list()) - seen
+        result.deleted = len(gone)
+        result.refreshed = len(seen)
+        merged = pl.concat([existing.filter(pl.col("id") < lo), fresh]).sort("id")
+        with write_errors(part.dir):
+            new_cp, nbytes = await asyncio.to_thread(
+                part.replace_parts, cp, merged.to_arrow(), last_id=cp.last_id
+            )
+            new_cp.refreshed_until = int(time.time())
+            part.commit(new_cp)
+            update_manifest(self.root, new_cp, extra={"deleted_in_last_refresh": sorted(gone)[:1000]})
+        result.bytes_written += nbytes
+        result.total_rows = new_cp.rows
+        return new_cp
 
 
 # --------------------------------------------------------------------------------------------------
@@ -523,9 +703,9 @@ async def export_chat(
     resume: bool = True,
     limit: int | None = None,
     batch_size: int = 10_000,
-    progress: Any = "auto",
-    peer_cache: Any = None,
-    media: Any = None,
+    progress: ProgressMode | Progress = "auto",
+    peer_cache: PeerCache | bool | None = None,
+    media: MediaKinds = None,
     media_max_bytes: int | None = 50 * 1024 * 1024,
     media_concurrency: int = 3,
     transcode: bool = False,
@@ -541,391 +721,49 @@ async def export_chat(
     """Export ``chat`` into the Parquet dataset at ``out`` (oldest to newest, resumable, incremental).
 
     ``media``: ``None``/``False`` (no downloads), ``True``/``"all"``, or kinds such as
-    ``["photo", "video"]``; files go to ``out/media/chat_id=<id>/`` and the rows point at them.
+    ``["photo", "video"]``; files go to ``out/_media/chat_id=<id>/`` and the rows point at them.
     ``transcode=True`` also normalises videos to H.264/720p (VA-API when present, else CPU).
     ``refresh_days=N`` re-reads the last N days on an incremental run to capture edits, reactions,
     view counts and deletions.  With ``media``, a rerun first retries the media of committed rows whose
     download failed (``retry_media=False`` skips that).  ``peer_cache=False`` disables the persistent
-    peer cache.  ``fast_decode=False`` (or ``TGKIT_FAST_DECODE=0``) reads history pages with Telethon's
-    decoder instead of the fast path (same rows; see ``tgkit.fastpath``).
+    peer cache.  ``pacer``: how requests are paced (default: ``TGKIT_PACING``; ``off`` for none, e.g.
+    ``Pacer.unlimited()`` for the offline demo world); flood waits above ``flood_ceiling`` seconds raise
+    :class:`~tgkit.errors.FloodWaitTooLong` after committing what was fetched.  ``fast_decode=False``
+    (or ``TGKIT_FAST_DECODE=0``) reads history pages with Telethon's decoder instead of tgkit's
+    columnar fast path (same rows, slower).
     """
     root = check_output_dir(out)  # before any request is sent
     _protect_session_file(client)
     if batch_size < 1:
-        from .errors import ConfigError
-
         raise ConfigError("batch_size must be at least 1")
-    kinds = normalise_media_kinds(media)
-    collector = MetricsCollector(enabled=bool(metrics))
-    resource_monitor = (
-        ResourceMonitor(interval=monitor if isinstance(monitor, float) else 0.5) if monitor else None
+    options = _Options(
+        resume=resume,
+        limit=limit,
+        batch_size=batch_size,
+        kinds=normalise_media_kinds(media),
+        media_max_bytes=media_max_bytes,
+        media_concurrency=media_concurrency,
+        transcode=transcode,
+        takeout=takeout,
+        refresh_days=refresh_days,
+        retry_media=retry_media,
+        metrics=metrics,
+        monitor=monitor,
+        fast_decode=fast_decode,
     )
-    bar = make_progress(progress, desc=f"export {chat}")
-    cache = _default_peer_cache(peer_cache)
-    pace = pacer or Pacer.for_client(client, flood_ceiling=flood_ceiling)
-    bar.set_pacer(pace)
-    api_before = _api_snapshot(client)
-    saved_threshold = client.flood_sleep_threshold
-    client.flood_sleep_threshold = 0  # tgkit's own policy handles every flood wait (countdown, ceiling)
-    result = ExportResult(path=root, chat_id=0, peer=str(chat))
-    takeout_ctx = None
-    writer: _Writer | None = None
-    try:
-        if resource_monitor is not None:
-            resource_monitor.start()
-        hits_before = getattr(cache, "hits", None)
-        with collector.timer("resolve"):
-            peer = await _resolve(client, chat, cache)
-        chat_id = _chat_id(peer)
-        result.chat_id = chat_id
-        part = ChatPartition(root, chat_id)
-        cp = part.load() if resume else None
-        cp = part.start(cp)
-        cp.peer = str(chat)
-        result.resumed_from = cp.last_id or None
-        result.total_rows = cp.rows
-        result.last_id = cp.last_id
-        caller = _Caller(client, pace, collector, bar, peer=chat)
-        if hits_before is not None and cache.hits > hits_before and hasattr(cache, "recover"):
-            # A cache hit asked Telegram nothing: if the first request says CHANNEL_INVALID & co., drop the
-            # entry, resolve once more and retry (PeerCache.recover); a fresh peer's error is final.
-            caller.on_stale_peer = lambda: cache.recover(client, chat, peer)
-        via = None
-        if takeout:
-            takeout_ctx, via = await _enter_takeout(client, chat)
-        worker = (
-            _MediaWorker(client, caller, peer, root, chat_id, kinds, max_bytes=media_max_bytes,
-                         concurrency=media_concurrency, transcode=transcode, metrics=collector, progress=bar,
-                         result=result)
-            if kinds else None
-        )  # fmt: skip
-        if refresh_days and cp.last_id:
-            cp = await _refresh(caller, via, peer, part, cp, refresh_days, collector, bar, result, root,
-                                fast_decode=fast_decode)  # fmt: skip
-        if worker is not None and cp.parts and retry_media:
-            cp = await _retry_media(caller, peer, part, cp, worker, bar, result, root)
-        writer = _Writer(part, cp, collector, result, root)
-        writer.start()
-        bar.set_stage("fetching")
-        await _stream(
-            caller,
-            via,
-            peer,
-            chat_id,
-            cp,
-            writer,
-            worker,
-            collector,
-            bar,
-            result,
-            limit=limit,
-            batch_size=batch_size,
-            peer_cache=cache,
-            fast_decode=fast_decode,
-        )
-        bar.set_stage("downloading media" if worker is not None else "writing")
-        await writer.close()
-        writer = None
-        title = result.title
-        if title and cp.title != title:
-            final = part.load() or cp
-            final.title = title
-            part.commit(final)
-            update_manifest(root, final)
-        bar.set_stage("done")
-    except BaseException as exc:
-        if writer is not None:
-            # commit what was fetched and converted before the failure: a rerun resumes after it
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(writer.close())
-        if isinstance(exc, FloodWaitTooLong | ExportError) and result.chat_id:
-            exc.checkpoint = ChatPartition(root, result.chat_id).checkpoint_path
-        bar.close(error=exc)
-        raise
-    finally:
-        client.flood_sleep_threshold = saved_threshold
-        if takeout_ctx is not None:
-            with contextlib.suppress(Exception):
-                await takeout_ctx.__aexit__(None, None, None)
-        if resource_monitor is not None:
-            resource_monitor.stop()
-        if cache is not None:
-            with contextlib.suppress(Exception):
-                cache.save()
-        result.seconds = bar.stop()  # the progress's clock: its final line and this repr agree
-        result.flood_waits = pace.flood_waits
-        result.flood_wait_seconds = pace.flood_wait_s
-        result.api_calls = _api_delta(api_before, client, getattr(locals().get("caller"), "sent", {}))
-        result.reconnects = getattr(locals().get("caller"), "reconnects", 0)
-        collector.set_api_calls(result.api_calls)
-        if cache is not None and hasattr(cache, "stats"):
-            collector.set_cache_stats("peer_cache", cache.stats())
-        collector.count("messages", result.messages)
-        collector.finish()
-        result.metrics = collector
-        if result.chat_id and metrics:
-            with contextlib.suppress(OSError):
-                result.metrics_path = collector.to_json(
-                    root / METRICS_DIR / f"chat_id={result.chat_id}" / "metrics.json"
-                )
-            if resource_monitor is not None:
-                with contextlib.suppress(OSError):
-                    result.resources_path = resource_monitor.samples.to_parquet(
-                        root / METRICS_DIR / f"chat_id={result.chat_id}" / "resources.parquet"
-                    )
-    bar.close()
-    return result
-
-
-async def _enter_takeout(client: Any, chat: Any) -> tuple[Any, Any]:
-    ctx = client.takeout(finalize=True, channels=True, megagroups=True, users=True, chats=True)
-    try:
-        takeout_client = await ctx.__aenter__()
-    except tl_errors.TakeoutInitDelayError as exc:
-        raise TelegramError(
-            f"Telegram delays takeout sessions for new logins: confirm the data export request in another "
-            f"Telegram app, or retry in {exc.seconds}s (or export without takeout=True)",
-            peer=chat,
-        ) from exc
-    return ctx, takeout_client
-
-
-async def _stream(
-    caller: _Caller,
-    via: Any,
-    peer: Any,
-    chat_id: int,
-    cp: Checkpoint,
-    writer: _Writer,
-    worker: _MediaWorker | None,
-    m: MetricsCollector,
-    bar: Progress,
-    result: ExportResult,
-    *,
-    limit: int | None,
-    batch_size: int,
-    peer_cache: Any = None,
-    fast_decode: bool | None = None,
-) -> None:
-    """Fetch pages oldest-to-newest after the checkpoint, prefetching one page ahead."""
-
-    def fetch(offset: int) -> asyncio.Task:
-        request = fastpath.history_request(
-            peer, chat_id=chat_id, offset_id=offset, add_offset=-PAGE, fast=fast_decode
-        )
-        return asyncio.ensure_future(caller(request, _HISTORY, via=via))
-
-    remaining = limit
-    batch = ColumnBatch()
-    media_tasks: list[tuple[int, asyncio.Task]] = []
-    top = cp.last_id
-    pending: asyncio.Task | None = fetch(top + 1)
-    first = True
-    try:
-        while True:
-            assert pending is not None  # the loop breaks before it would await nothing
-            t0 = m.start()
-            page = await pending
-            m.stop("fetch", t0)
-            result.pages += 1
-            view = fastpath.page_rows(page, chat_id)
-            m.count("pages_fast" if view.fast else "pages_telethon")
-            ids = view.ids
-            if first:
-                first = False
-                result.title = _title_of(page, chat_id)
-                if peer_cache is not None and hasattr(peer_cache, "learn"):
-                    peer_cache.learn(page)  # free knowledge: the page's .chats/.users (first page only)
-                count = getattr(page, "count", None)
-                if count is not None:
-                    bar.set_total(max(count - cp.rows, len(ids)) if remaining is None else remaining)
-            if not ids:
-                break
-            top = max(ids)
-            done = remaining is not None and remaining <= len(ids)
-            pending = None if done else fetch(top + 1)
-            t1 = m.start()
-            order = sorted(range(len(ids)), key=ids.__getitem__)  # page positions, oldest first
-            if remaining is not None:
-                order = order[:remaining]
-                top = ids[order[-1]] if order else top
-            page_rows = view.rows
-            kept = [(i, row) for i in order if (row := page_rows[i]) is not None]  # MessageEmpty: no row
-            rows = [row for _, row in kept]
-            if worker is not None:
-                base = len(batch)
-                for k, (i, row) in enumerate(kept):
-                    if worker.wanted(row):
-                        msg = view.message_for(i)
-                        media_tasks.append((base + k, asyncio.create_task(worker.fetch(msg, row))))
-            batch.extend_rows(rows)
-            added = len(rows)
-            m.stop("convert", t1)
-            bar.update(messages=added)
-            if remaining is not None:
-                remaining -= len(order)
-            if len(batch) >= batch_size:
-                await writer.submit(_Pending(batch, top, media_tasks))
-                batch, media_tasks = ColumnBatch(), []
-            if done:
-                break
-    except BaseException:
-        if pending is not None:
-            pending.cancel()
-        for _, task in media_tasks:
-            task.cancel()
-        if len(batch):
-            # keep what was fetched: media that did not finish is recorded as interrupted
-            for idx, _task in media_tasks:
-                batch.cols["media_error"][idx] = "interrupted"
-            await writer.submit(_Pending(batch, top, []))
-        raise
-    if len(batch):
-        await writer.submit(_Pending(batch, top, media_tasks))
-
-
-async def _retry_media(
-    caller: _Caller,
-    peer: Any,
-    part: ChatPartition,
-    cp: Checkpoint,
-    worker: _MediaWorker,
-    bar: Progress,
-    result: ExportResult,
-    root: Path,
-) -> Checkpoint:
-    """Download again the media of committed rows that recorded an error (an interrupted run, a
-    transient failure), and swap the parts that held them for corrected ones."""
-    for name in list(cp.parts):
-        path = part.dir / name
-        probe = pl.read_parquet(path, columns=["id", "media_type", "media_path", "media_error"])
-        ids = probe.filter(
-            # a row with a file but an error (a transcode that failed) keeps its original: not retried
-            pl.col("media_error").is_not_null()
-            & pl.col("media_path").is_null()
-            & pl.col("media_type").is_in(sorted(worker.kinds))
-        )["id"].to_list()
-        if not ids:
-            continue
-        bar.set_stage(f"retrying {len(ids)} media file(s)")
-        fixed: dict[int, tuple[str | None, str | None]] = {}
-        for start in range(0, len(ids), PAGE):
-            chunk = [types.InputMessageID(i) for i in ids[start : start + PAGE]]
-            if isinstance(peer, types.InputPeerChannel):
-                page = await caller(
-                    functions.channels.GetMessagesRequest(peer, chunk), "channels.GetMessages"
-                )
-            else:
-                page = await caller(functions.messages.GetMessagesRequest(chunk), "messages.GetMessages")
-            jobs = []
-            for msg in page.messages:
-                row = convert.message_row(msg, part.chat_id)
-                if row is not None and worker.wanted(row):
-                    jobs.append((msg.id, asyncio.create_task(worker.fetch(msg, row))))
-            for msg_id, task in jobs:
-                fixed[msg_id] = await task
-        if not fixed:
-            continue
-        recovered = sum(1 for p, err in fixed.values() if err is None and p is not None)
-        result.media_retried += len(fixed)
-        result.media_recovered += recovered
-        df = pl.read_parquet(path)
-        upd = pl.DataFrame(
-            {
-                "id": list(fixed),
-                "_path": [p for p, _ in fixed.values()],
-                "_err": [e for _, e in fixed.values()],
-            },
-            schema={"id": pl.Int64, "_path": pl.String, "_err": pl.String},
-        )
-        df = (
-            df.join(upd, on="id", how="left", maintain_order="left")
-            .with_columns(
-                media_path=pl.when(pl.col("_err").is_null() & pl.col("_path").is_not_null())
-                .then(pl.col("_path"))
-                .otherwise(pl.col("media_path")),
-                media_error=pl.when(pl.col("id").is_in(list(fixed)))
-                .then(pl.col("_err"))
-                .otherwise(pl.col("media_error")),
-            )
-            .drop("_path", "_err")
-        )
-        cp, _ = await asyncio.to_thread(part.swap_part, cp, name, df.to_arrow().cast(arrow_schema()))
-        update_manifest(root, cp)
-    return cp
-
-
-async def _refresh(
-    caller: _Caller,
-    via: Any,
-    peer: Any,
-    part: ChatPartition,
-    cp: Checkpoint,
-    days: float,
-    m: MetricsCollector,
-    bar: Progress,
-    result: ExportResult,
-    root: Path,
-    *,
-    fast_decode: bool | None = None,
-) -> Checkpoint:
-    """Re-read the last ``days`` of already-exported messages; keep one current row per message.
-
-    Rows whose message no longer exists are dropped from the dataset and counted in ``deleted``.
-    """
-    bar.set_stage(f"refreshing last {days:g} days")
-    existing = part.read(cp)
-    if existing.is_empty():
-        return cp
-    newest = existing["date"].max()
-    assert isinstance(newest, datetime)
-    since = int(newest.timestamp() - days * 86_400)
-    old_ids = existing.filter(pl.col("date") >= datetime.fromtimestamp(since, UTC))["id"]
-    if old_ids.is_empty():
-        return cp
-    lo = int(old_ids.min())  # type: ignore[arg-type]
-    batch = ColumnBatch()
-    seen: set[int] = set()
-    offset = lo
-    while offset <= cp.last_id:
-        t0 = m.start()
-        request = fastpath.history_request(
-            peer, chat_id=part.chat_id, offset_id=offset, add_offset=-PAGE, fast=fast_decode
-        )
-        page = await caller(request, _HISTORY, via=via)
-        m.stop("fetch", t0)
-        result.pages += 1
-        view = fastpath.page_rows(page, part.chat_id)
-        m.count("pages_fast" if view.fast else "pages_telethon")
-        if not view.ids:
-            break
-        for i in sorted(range(len(view.ids)), key=view.ids.__getitem__):
-            row = view.rows[i]
-            if row is not None and row[1] <= cp.last_id:
-                batch.append_row(row)
-                seen.add(row[1])
-        offset = max(view.ids) + 1
-        if offset > cp.last_id:
-            break
-    fresh = batch.to_polars()
-    # keep media paths from the first export (refresh does not re-download)
-    keep_cols = ["id", "media_path", "media_error"]
-    fresh = fresh.drop("media_path", "media_error").join(existing.select(keep_cols), on="id", how="left")
-    fresh = fresh.select(existing.columns)
-    gone = set(old_ids.to_list()) - seen
-    result.deleted = len(gone)
-    result.refreshed = len(seen)
-    merged = pl.concat([existing.filter(pl.col("id") < lo), fresh]).sort("id")
-    new_cp, nbytes = await asyncio.to_thread(part.replace_parts, cp, merged.to_arrow(), last_id=cp.last_id)
-    new_cp.refreshed_until = int(time.time())
-    part.commit(new_cp)
-    update_manifest(root, new_cp, extra={"deleted_in_last_refresh": sorted(gone)[:1000]})
-    result.bytes_written += nbytes
-    result.total_rows = new_cp.rows
-    return new_cp
-
-
-# --------------------------------------------------------------------------------------------------
+    run = _ExportRun(
+        client,
+        chat,
+        root,
+        options,
+        progress=progress,
+        peer_cache=peer_cache,
+        pacer=pacer,
+        flood_ceiling=flood_ceiling,
+    )
+    async with run:
+        await run.execute()
+    return run.result
 
 
 async def export_messages(
@@ -937,61 +775,55 @@ async def export_messages(
     max_id: int = 0,
     since: datetime | None = None,
     until: datetime | None = None,
-    peer_cache: Any = False,
+    peer_cache: PeerCache | bool | None = False,
     pacer: Pacer | None = None,
-    progress: Any = False,
+    progress: ProgressMode | Progress = False,
 ) -> Records:
     """The newest ``limit`` messages (optionally only ids in (min_id, max_id) and dates in
     [since, until)) as slotted records, oldest first.  For small, interactive looks; use
     :func:`export_chat` for whole chats."""
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
-            from .errors import ConfigError
-
             raise ConfigError(f"{name} must be timezone-aware (e.g. datetime(..., tzinfo=timezone.utc))")
     bar = make_progress(progress, total=limit, desc=f"messages {chat}")
-    peer = await _resolve(client, chat, _default_peer_cache(peer_cache))
-    chat_id = _chat_id(peer)
-    pace = pacer or Pacer.for_client(client)
-    caller = _Caller(client, pace, MetricsCollector(enabled=False), bar, peer=chat)
-    saved = client.flood_sleep_threshold
-    client.flood_sleep_threshold = 0
+    gateway = Gateway(client, pacer=pacer, progress=bar, peer_cache=_default_peer_cache(peer_cache))
     rows: list[Any] = []
     offset_id, offset_date = max_id, until
     since_ts = since.timestamp() if since is not None else None
     try:
-        while limit is None or len(rows) < limit:
-            want = PAGE if limit is None else min(PAGE, limit - len(rows))
-            page = await caller(
-                _history_request(
+        async with gateway:
+            peer = await gateway.resolve(chat)
+            chat_id = chat_id_of(peer)
+            while limit is None or len(rows) < limit:
+                want = PAGE if limit is None else min(PAGE, limit - len(rows))
+                page = await gateway.history(
                     peer,
                     offset_id=offset_id,
-                    add_offset=0,
                     limit=want,
                     offset_date=offset_date,
                     min_id=min_id,
-                ),
-                _HISTORY,
-            )
-            msgs = [x for x in page.messages if not isinstance(x, types.MessageEmpty)]
-            if not page.messages:
-                break
-            stop = False
-            for msg in msgs:  # newest first
-                if since_ts is not None and msg.date.timestamp() < since_ts:
-                    stop = True
+                    label=chat,
+                    takeout=False,
+                )
+                # MessageEmpty (a deleted id) carries no date
+                msgs = [x for x in page.messages if getattr(x, "date", None) is not None]
+                if not page.messages:
                     break
-                rows.append(msg)
-                if limit is not None and len(rows) >= limit:
+                stop = False
+                for msg in msgs:  # newest first
+                    if since_ts is not None and msg.date.timestamp() < since_ts:
+                        stop = True
+                        break
+                    rows.append(msg)
+                    if limit is not None and len(rows) >= limit:
+                        break
+                bar.update(messages=len(msgs))
+                if stop:
                     break
-            bar.update(messages=len(msgs))
-            if stop:
-                break
-            offset_id, offset_date = min(x.id for x in page.messages), None
-            if offset_id <= min_id + 1:
-                break
+                offset_id, offset_date = min(x.id for x in page.messages), None
+                if offset_id <= min_id + 1:
+                    break
     finally:
-        client.flood_sleep_threshold = saved
         bar.close()
     rows.sort(key=lambda x: x.id)
     return Records(convert.to_records(rows, chat_id))

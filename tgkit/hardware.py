@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ._child import run_child
 from ._files import atomic_write_bytes
 from .config import cache_dir as _resolve_cache_dir
 from .config import env_flag, setting
@@ -335,35 +336,14 @@ def _amf_runtime() -> bool:
 # Child processes: libva via ctypes, and PyAV trial encodes.  A crash or hang stays in the child.
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    pkg_parent = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH")) if p)
-    env.setdefault("LIBVA_MESSAGING_LEVEL", "1")  # errors only; LIBVA_DRIVER_NAME passes through
-    return env
-
-
 def _run_child(task: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str]:
     """Run ``_child_main`` with ``task``; returns (result, problem) where problem explains a failure."""
-    cmd = [sys.executable, "-c", "import sys, tgkit.hardware as h; sys.exit(h._child_main())"]
-    try:
-        proc = subprocess.run(
-            cmd,
-            input=json.dumps(task),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=_child_env(),
-        )
-    except subprocess.TimeoutExpired:
+    res = run_child("tgkit.hardware", task, timeout)
+    if res.timed_out:
         return None, f"timed out after {timeout:g}s"
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        if proc.returncode < 0:
-            return None, f"crashed (signal {-proc.returncode})"
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return None, f"exit {proc.returncode}: {tail[:300]}"
-    return json.loads(lines[-1]), ""
+    if res.problem:
+        return None, res.problem
+    return res.reply, ""
 
 
 def _child_main() -> int:

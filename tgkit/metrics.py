@@ -209,7 +209,8 @@ class MetricsCollector:
             self._gauges.setdefault(name, []).append((perf_counter_ns(), value))
 
     def set_api_calls(self, calls: Mapping[str, int]) -> None:
-        """Replace the API call counts by request type (e.g. from the offline double's call log)."""
+        """Replace the API call counts by request type (an export passes its gateway's counts,
+        :attr:`tgkit.telegram.Gateway.api_calls`)."""
         if self.enabled:
             self._api_calls = {str(k): int(v) for k, v in calls.items()}
 

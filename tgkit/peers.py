@@ -27,7 +27,7 @@ import msgpack
 
 from ._files import atomic_write_bytes
 from .config import cache_dir
-from .errors import ConfigError, PeerNotFound, is_peer_error, translate_telethon_error
+from .errors import ConfigError, PeerNotFound, is_peer_error, telegram_errors, translate_telethon_error
 from .records import CacheEntry
 
 __all__ = [
@@ -587,26 +587,41 @@ class PeerCache:
             return tl.InputPeerChat(entry.id)
         raise ValueError(f"unknown peer kind {kind!r}")
 
-    async def resolve(self, client: Any, key: Any, *, refresh: bool = False) -> Any:
-        """A Telethon InputPeer for ``key``: from the cache, else one ``client.get_input_entity`` call.
+    def lookup(self, key: Any) -> tuple[str | int, Any]:
+        """The data-structure half of resolving: ``(normalised key, InputPeer or None)``.
 
-        A username is passed to Telethon as the bare name, an id as the marked id (a bare positive id
-        not in the cache is therefore resolved as a user, as Telethon does).  ``refresh=True`` drops the
-        cached entry first.  Failure raises :class:`~tgkit.errors.PeerNotFound` (or another tgkit error)
-        chained to Telethon's error; bad keys raise :class:`~tgkit.errors.ConfigError`.
+        A hit returns the cached peer (``"me"`` gives ``InputPeerSelf``); a miss returns None and the
+        caller asks Telegram (the gateway, :meth:`tgkit.telegram.Gateway.resolve`) and hands the answer
+        to :meth:`remember`.  Hits and misses are counted.
         """
         tl = _tl or _types()
         nk = _NORMALISED.get(key) if type(key) is str or type(key) is int else None
         if nk is None:
             nk = self._key_from(key, tl)
         if nk == SELF_KEY:
-            return tl.InputPeerSelf()
+            return nk, tl.InputPeerSelf()
+        entry = self._get(nk)
+        return nk, (self.input_peer(entry) if entry is not None else None)
+
+    async def resolve(self, client: Any, key: Any, *, refresh: bool = False) -> Any:
+        """A Telethon InputPeer for ``key``: from the cache, else one ``client.get_input_entity`` call.
+
+        A username is passed to Telethon as the bare name, an id as the marked id (a bare positive id
+        not in the cache is therefore resolved as a user, as Telethon does).  ``refresh=True`` drops the
+        cached entry first.  Failure raises :class:`~tgkit.errors.PeerNotFound` (or another tgkit error)
+        chained to Telethon's error; bad keys raise :class:`~tgkit.errors.ConfigError`.  (Exports resolve
+        through the gateway, which adds pacing, flood waits and retries around the same two halves.)
+        """
         if refresh:
+            tl = _tl or _types()
+            nk = self._key_from(key, tl)
+            if nk == SELF_KEY:
+                return tl.InputPeerSelf()
             self.invalidate(nk)
         else:
-            entry = self._get(nk)
-            if entry is not None:
-                return self.input_peer(entry)
+            nk, peer = self.lookup(key)
+            if peer is not None:
+                return peer
         return await self._fetch(client, nk, key)
 
     def _key_from(self, key: Any, tl: Any) -> str | int:
@@ -624,18 +639,16 @@ class PeerCache:
         return normalise_key(key)
 
     async def _fetch(self, client: Any, nk: str | int, original: Any) -> Any:
-        tl = _tl or _types()
         self.api_calls += 1
-        try:
+        with telegram_errors(peer=original, resolving=True):
             peer = await client.get_input_entity(nk)
-        except Exception as exc:
-            # Telethon turns USERNAME_NOT_OCCUPIED into ValueError('No user has "x" as username') from the
-            # RPC error; translate the RPC error so an unknown name is PeerNotFound, not a TelegramError.
-            cause = exc.__cause__
-            named = (
-                cause if isinstance(exc, ValueError) and cause is not None and is_peer_error(cause) else exc
-            )
-            raise translate_telethon_error(named, peer=original) from exc
+        self.remember(nk, peer)
+        return peer
+
+    def remember(self, nk: str | int, peer: Any) -> None:
+        """Store what Telegram answered for the normalised key ``nk`` (the other half of :meth:`lookup`).
+        ``InputPeerSelf`` and ``*FromMessage`` peers (min-derived) are not cached."""
+        tl = _tl or _types()
         now = self._clock()
         entry: CacheEntry | None = None
         if isinstance(peer, tl.InputPeerChannel):
@@ -644,18 +657,17 @@ class PeerCache:
             entry = CacheEntry("user", peer.user_id, peer.access_hash, None, now)
         elif isinstance(peer, tl.InputPeerChat):
             entry = CacheEntry("chat", peer.chat_id, None, None, now)
-        # InputPeerSelf / *FromMessage (min-derived) are returned but not cached.
-        if entry is not None:
-            if type(nk) is str:
-                entry.username = nk
-            if _validate(entry) is None:
-                self._ensure_loaded()
-                mid = marked_id(entry.kind, entry.id)
-                old = self._entries.get(mid)
-                if old is not None and old.username and entry.username is None:
-                    entry.username = old.username  # an id lookup must not forget the name
-                self._store(mid, entry, [nk] if type(nk) is str else [], replace_names=False)
-        return peer
+        if entry is None:
+            return
+        if type(nk) is str:
+            entry.username = nk
+        if _validate(entry) is None:
+            self._ensure_loaded()
+            mid = marked_id(entry.kind, entry.id)
+            old = self._entries.get(mid)
+            if old is not None and old.username and entry.username is None:
+                entry.username = old.username  # an id lookup must not forget the name
+            self._store(mid, entry, [nk] if type(nk) is str else [], replace_names=False)
 
     async def with_peer(self, client: Any, key: Any, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``await fn(input_peer)``; if Telegram says a *cached* peer is stale (CHANNEL_INVALID,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import hardware
+from ._child import run_child
 from .config import setting
 from .errors import ConfigError, EncoderUnavailable, HardwareError
 
@@ -688,29 +689,16 @@ def _run_isolated(
         except OSError:
             size_mb = 0.0
         outer = 120.0 + 2.0 * size_mb  # ~2 s per MB: 10x slower than libx264 at 1080p on 2 cores
-    cmd = [sys.executable, "-c", "import sys, tgkit.video as v; sys.exit(v._child_main())"]
-    try:
-        proc = subprocess.run(
-            cmd,
-            input=json.dumps(job),
-            capture_output=True,
-            text=True,
-            timeout=outer,
-            env=hardware._child_env(),
-        )
-    except subprocess.TimeoutExpired as exc:
+    res = run_child("tgkit.video", job, outer)
+    if res.reply is None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        raise HardwareError(f"{src.name}: timed out after {outer:.0f}s (killed)") from exc
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if proc.returncode < 0:
-            raise HardwareError(f"{src.name}: decoder crashed (signal {-proc.returncode})")
-        tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-        raise HardwareError(f"{src.name}: worker failed: {tail[:300]}")
-    reply = json.loads(lines[-1])
+        if res.timed_out:
+            raise HardwareError(f"{src.name}: timed out after {outer:.0f}s (killed)")
+        if res.returncode < 0:
+            raise HardwareError(f"{src.name}: decoder crashed (signal {-res.returncode})")
+        raise HardwareError(f"{src.name}: worker failed: {res.stderr_tail or f'exit {res.returncode}'}")
+    reply = res.reply
     if "error" in reply:
         cls = {"EncoderUnavailable": EncoderUnavailable, "ConfigError": ConfigError}.get(
             reply["type"], HardwareError
