@@ -25,7 +25,7 @@ from telethon import utils as tl_utils
 from telethon.tl import functions, types
 
 from . import convert
-from .dataset import ChatPartition, Checkpoint, check_output_dir, open_dataset, update_manifest
+from .dataset import MEDIA_DIR, METRICS_DIR, ChatPartition, Checkpoint, open_dataset, prepare_output_dir
 from .errors import (
     ExportError,
     FloodWaitTooLong,
@@ -38,7 +38,7 @@ from .jupyter import Progress, make_progress, run_sync
 from .media import media_file_name, normalise_media_kinds, safe_path
 from .metrics import MetricsCollector, ResourceMonitor
 from .pacing import Pacer
-from .records import MESSAGE_COLUMNS, ColumnBatch, Records, arrow_schema
+from .records import MESSAGE_COLUMNS, ColumnBatch, Records
 
 __all__ = [
     "ExportResult",
@@ -48,10 +48,6 @@ __all__ = [
     "export_messages_sync",
 ]
 
-# Side folders start with "_" so Parquet readers pointed at the dataset root (pyarrow.dataset, Spark)
-# skip them, as they skip "_checkpoint.json".
-MEDIA_DIR = "_media"
-METRICS_DIR = "_metrics"
 PAGE = 100  # messages.getHistory returns at most 100 messages
 _REFERENCE_REFRESHES = 3  # FILE_REFERENCE_EXPIRED: refetch the message this many times per file
 _HISTORY = "messages.GetHistory"
@@ -445,6 +441,7 @@ class _Pending:
     batch: ColumnBatch
     last_id: int
     media: list[tuple[int, asyncio.Task]]
+    peers: list[tuple] = field(default_factory=list)  # dataset v2 (#14): peers rows of the batch's pages
 
 
 class _Writer:
@@ -492,6 +489,9 @@ class _Writer:
                     task.cancel()
 
     async def _write(self, item: _Pending) -> None:
+        if not len(item.batch):
+            self.part.observe_peers(item.peers)  # dataset v2 (#14): committed by commit_tables
+            return
         if item.media:
             paths = item.batch.cols["media_path"]
             errors_ = item.batch.cols["media_error"]
@@ -500,9 +500,9 @@ class _Writer:
                 paths[idx] = path
                 errors_[idx] = err
         t0 = self.metrics.start()
+        self.part.observe_peers(item.peers)  # dataset v2 (#14): committed with this part
         table = item.batch.to_arrow()  # GIL-bound: a thread would only contend with the fetch loop
         self.cp, nbytes = await asyncio.to_thread(self.part.write_part, self.cp, table, last_id=item.last_id)
-        await asyncio.to_thread(update_manifest, self.root, self.cp)
         self.metrics.stop("write", t0)
         self.metrics.add_bytes_written(nbytes)
         self.result.parts_written += 1
@@ -540,14 +540,14 @@ async def export_chat(
     """Export ``chat`` into the Parquet dataset at ``out`` (oldest to newest, resumable, incremental).
 
     ``media``: ``None``/``False`` (no downloads), ``True``/``"all"``, or kinds such as
-    ``["photo", "video"]``; files go to ``out/media/chat_id=<id>/`` and the rows point at them.
+    ``["photo", "video"]``; files go to ``out/_media/chat_id=<id>/`` and the rows point at them.
     ``transcode=True`` also normalises videos to H.264/720p (VA-API when present, else CPU).
     ``refresh_days=N`` re-reads the last N days on an incremental run to capture edits, reactions,
     view counts and deletions.  With ``media``, a rerun first retries the media of committed rows whose
     download failed (``retry_media=False`` skips that).  ``peer_cache=False`` disables the persistent
     peer cache.
     """
-    root = check_output_dir(out)  # before any request is sent
+    root = prepare_output_dir(out)  # before any request is sent (upgrades a layout-1 dataset)
     _protect_session_file(client)
     if batch_size < 1:
         from .errors import ConfigError
@@ -591,6 +591,7 @@ async def export_chat(
         via = None
         if takeout:
             takeout_ctx, via = await _enter_takeout(client, chat)
+        part.set_chat(**await _chat_metadata(caller, peer))  # dataset v2 (#14): the chats row
         worker = (
             _MediaWorker(client, caller, peer, root, chat_id, kinds, max_bytes=media_max_bytes,
                          concurrency=media_concurrency, transcode=transcode, metrics=collector, progress=bar,
@@ -621,12 +622,12 @@ async def export_chat(
         )
         await writer.close()
         writer = None
-        title = result.title
-        if title and cp.title != title:
-            final = part.load() or cp
-            final.title = title
-            part.commit(final)
-            update_manifest(root, final)
+        # dataset v2 (#14): commit the run's chats row and peers (and a new title) even without new rows
+        final = part.load() or cp
+        if result.title:
+            final.title = result.title
+            part.set_chat(title=result.title)
+        part.commit_tables(final)
         bar.set_stage("done")
     except BaseException as exc:
         if writer is not None:
@@ -672,6 +673,17 @@ async def export_chat(
     return result
 
 
+async def _chat_metadata(caller: _Caller, peer: Any) -> dict[str, Any]:
+    """dataset v2 (#14): the chats row's metadata: one GetFullChannel (or GetFullChat) per chat and run."""
+    if isinstance(peer, types.InputPeerChannel):
+        full = await caller(functions.channels.GetFullChannelRequest(peer), "channels.GetFullChannel")
+    elif isinstance(peer, types.InputPeerChat):
+        full = await caller(functions.messages.GetFullChatRequest(peer.chat_id), "messages.GetFullChat")
+    else:
+        return {"kind": "user", "type": "private"}
+    return convert.chat_fields(full)
+
+
 async def _enter_takeout(client: Any, chat: Any) -> tuple[Any, Any]:
     ctx = client.takeout(finalize=True, channels=True, megagroups=True, users=True, chats=True)
     try:
@@ -711,6 +723,7 @@ async def _stream(
     remaining = limit
     batch = ColumnBatch()
     media_tasks: list[tuple[int, asyncio.Task]] = []
+    peers: list[tuple] = []  # dataset v2 (#14): free names from every page's .users/.chats
     top = cp.last_id
     pending: asyncio.Task | None = fetch(top + 1)
     first = True
@@ -722,6 +735,7 @@ async def _stream(
             m.stop("fetch", t0)
             result.pages += 1
             msgs = page.messages
+            peers.extend(convert.peer_rows(page.users, page.chats, int(time.time())))
             if first:
                 first = False
                 result.title = _title_of(page, chat_id)
@@ -755,8 +769,8 @@ async def _stream(
             if remaining is not None:
                 remaining -= len(chunk)
             if len(batch) >= batch_size:
-                await writer.submit(_Pending(batch, top, media_tasks))
-                batch, media_tasks = ColumnBatch(), []
+                await writer.submit(_Pending(batch, top, media_tasks, peers))
+                batch, media_tasks, peers = ColumnBatch(), [], []
             if done:
                 break
     except BaseException:
@@ -768,10 +782,12 @@ async def _stream(
             # keep what was fetched: media that did not finish is recorded as interrupted
             for idx, _task in media_tasks:
                 batch.cols["media_error"][idx] = "interrupted"
-            await writer.submit(_Pending(batch, top, []))
+            await writer.submit(_Pending(batch, top, [], peers))
         raise
     if len(batch):
-        await writer.submit(_Pending(batch, top, media_tasks))
+        await writer.submit(_Pending(batch, top, media_tasks, peers))
+    elif peers:
+        await writer.submit(_Pending(batch, top, [], peers))  # no rows: peers only (committed at the end)
 
 
 async def _retry_media(
@@ -786,17 +802,7 @@ async def _retry_media(
 ) -> Checkpoint:
     """Download again the media of committed rows that recorded an error (an interrupted run, a
     transient failure), and swap the parts that held them for corrected ones."""
-    for name in list(cp.parts):
-        path = part.dir / name
-        probe = pl.read_parquet(path, columns=["id", "media_type", "media_path", "media_error"])
-        ids = probe.filter(
-            # a row with a file but an error (a transcode that failed) keeps its original: not retried
-            pl.col("media_error").is_not_null()
-            & pl.col("media_path").is_null()
-            & pl.col("media_type").is_in(sorted(worker.kinds))
-        )["id"].to_list()
-        if not ids:
-            continue
+    for name, ids in list(part.failed_media(cp, sorted(worker.kinds))):
         bar.set_stage(f"retrying {len(ids)} media file(s)")
         fixed: dict[int, tuple[str | None, str | None]] = {}
         for start in range(0, len(ids), PAGE):
@@ -819,29 +825,7 @@ async def _retry_media(
         recovered = sum(1 for p, err in fixed.values() if err is None and p is not None)
         result.media_retried += len(fixed)
         result.media_recovered += recovered
-        df = pl.read_parquet(path)
-        upd = pl.DataFrame(
-            {
-                "id": list(fixed),
-                "_path": [p for p, _ in fixed.values()],
-                "_err": [e for _, e in fixed.values()],
-            },
-            schema={"id": pl.Int64, "_path": pl.String, "_err": pl.String},
-        )
-        df = (
-            df.join(upd, on="id", how="left", maintain_order="left")
-            .with_columns(
-                media_path=pl.when(pl.col("_err").is_null() & pl.col("_path").is_not_null())
-                .then(pl.col("_path"))
-                .otherwise(pl.col("media_path")),
-                media_error=pl.when(pl.col("id").is_in(list(fixed)))
-                .then(pl.col("_err"))
-                .otherwise(pl.col("media_error")),
-            )
-            .drop("_path", "_err")
-        )
-        cp, _ = await asyncio.to_thread(part.swap_part, cp, name, df.to_arrow().cast(arrow_schema()))
-        update_manifest(root, cp)
+        cp = await asyncio.to_thread(part.patch_media, cp, name, fixed)  # dataset v2 (#14): in ChatPartition
     return cp
 
 
@@ -883,6 +867,7 @@ async def _refresh(
         msgs = [x for x in page.messages if x.id <= cp.last_id]
         if not page.messages:
             break
+        part.observe_peers(convert.peer_rows(page.users, page.chats, int(time.time())))  # dataset v2 (#14)
         for msg in sorted(msgs, key=lambda x: x.id):
             row = convert.message_row(msg, part.chat_id)
             if row is not None:
@@ -891,19 +876,12 @@ async def _refresh(
         offset = max(x.id for x in page.messages) + 1
         if offset > cp.last_id:
             break
-    fresh = batch.to_polars()
-    # keep media paths from the first export (refresh does not re-download)
-    keep_cols = ["id", "media_path", "media_error"]
-    fresh = fresh.drop("media_path", "media_error").join(existing.select(keep_cols), on="id", how="left")
-    fresh = fresh.select(existing.columns)
-    gone = set(old_ids.to_list()) - seen
+    # dataset v2 (#14): the merge (media paths kept, deletions found) lives in ChatPartition
+    new_cp, nbytes, gone = await asyncio.to_thread(
+        part.apply_refresh, cp, batch.to_polars(), lo, refreshed_until=int(time.time())
+    )
     result.deleted = len(gone)
     result.refreshed = len(seen)
-    merged = pl.concat([existing.filter(pl.col("id") < lo), fresh]).sort("id")
-    new_cp, nbytes = await asyncio.to_thread(part.replace_parts, cp, merged.to_arrow(), last_id=cp.last_id)
-    new_cp.refreshed_until = int(time.time())
-    part.commit(new_cp)
-    update_manifest(root, new_cp, extra={"deleted_in_last_refresh": sorted(gone)[:1000]})
     result.bytes_written += nbytes
     result.total_rows = new_cp.rows
     return new_cp
