@@ -16,7 +16,7 @@ import pytest
 import tgkit
 from tgkit.dataset import ChatPartition
 from tgkit.offline import CHANNEL_ID, GROUP_ID, OfflineServer, World, connect_demo
-from tgkit.records import MESSAGE_COLUMNS, polars_schema
+from tgkit.records import CHAT_COLUMNS, MESSAGE_COLUMNS, PEER_COLUMNS, polars_schema
 
 
 def run(coro):
@@ -341,6 +341,7 @@ def test_schema_doc_is_generated_from_the_code():
         "docs/SCHEMA.md is stale: run python -m tgkit.schema_doc > docs/SCHEMA.md"
     )
     assert set(schema_doc.COLUMN_DOCS) == set(MESSAGE_COLUMNS)
+    assert set(schema_doc.PEER_DOCS) == set(PEER_COLUMNS) and set(schema_doc.CHAT_DOCS) == set(CHAT_COLUMNS)
 
 
 def test_rerun_retries_media_that_failed_and_fixes_the_rows(tmp_path):

@@ -3,9 +3,10 @@
 client = await tgkit.offline.connect_demo()            # or a real Telethon client
 result = await tgkit.export_chat(client, "@tgkit_demo", "data/exports/demo")
 df = tgkit.open_dataset("data/exports/demo").collect()
+named = tgkit.with_names(tgkit.open_dataset(out), tgkit.open_dataset(out, "peers"))
 """
 
-from .dataset import open_dataset
+from .dataset import open_dataset, with_names
 from .desktop import DesktopFormatError, DesktopImportResult, import_desktop
 from .errors import (
     AuthError,
@@ -61,4 +62,5 @@ __all__ = [
     "plot_stages",
     "polars_schema",
     "run_sync",
+    "with_names",
 ]

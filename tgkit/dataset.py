@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -236,16 +237,27 @@ def prepare_output_dir(out: str | os.PathLike[str]) -> Path:
     return root
 
 
+_held = threading.local()  # roots whose lock this thread holds (the lock is re-entrant per thread)
+
+
 @contextlib.contextmanager
 def _locked(root: Path) -> Iterator[None]:
-    """An exclusive flock on ``OUT/_state/lock``: one process at a time rewrites shared files."""
+    """An exclusive flock on ``OUT/_state/lock``: one process (and thread) at a time rewrites shared
+    files.  Re-entrant within a thread (the upgrade commits chats while holding it)."""
+    held: set[Path] = _held.__dict__.setdefault("roots", set())
+    key = Path(root).resolve()
+    if key in held:
+        yield
+        return
     state = root / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
     fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        held.add(key)
         yield
     finally:
+        held.discard(key)
         os.close(fd)  # closing releases the lock
 
 
