@@ -591,7 +591,6 @@ async def export_chat(
         via = None
         if takeout:
             takeout_ctx, via = await _enter_takeout(client, chat)
-        part.set_chat(**await _chat_metadata(caller, peer))  # dataset v2 (#14): the chats row
         worker = (
             _MediaWorker(client, caller, peer, root, chat_id, kinds, max_bytes=media_max_bytes,
                          concurrency=media_concurrency, transcode=transcode, metrics=collector, progress=bar,
@@ -622,7 +621,9 @@ async def export_chat(
         )
         await writer.close()
         writer = None
-        # dataset v2 (#14): commit the run's chats row and peers (and a new title) even without new rows
+        # dataset v2 (#14): the chats row (after the history: a stale cached peer is repaired by then), then
+        # commit it and the run's peers (and a new title) even without new rows
+        part.set_chat(**await _chat_metadata(caller, peer))
         final = part.load() or cp
         if result.title:
             final.title = result.title
