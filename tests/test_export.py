@@ -384,8 +384,8 @@ def test_rerun_retries_media_that_failed_and_fixes_the_rows(tmp_path):
     assert len(parts_after) == len(parts_before) and 0 < len(set(parts_after) - set(parts_before)) < len(
         parts_before
     )
-    assert sorted(p.name for p in (out / "messages" / f"chat_id={CHANNEL_ID}").glob("part-*.parquet")) == sorted(
-        parts_after
-    )
+    assert sorted(
+        p.name for p in (out / "messages" / f"chat_id={CHANNEL_ID}").glob("part-*.parquet")
+    ) == sorted(parts_after)
     # a third run has nothing left to retry
     assert run(_with_client(world, go, server=server)).media_retried == 0

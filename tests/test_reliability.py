@@ -550,7 +550,10 @@ def test_corrupt_checkpoint_is_a_cache_error_and_left_untouched(tmp_path: Path, 
         asyncio.run(export_world(world, tmp_path))
     assert path.read_bytes() == before
     # no "orphan" part, peers or chats file was removed
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "_state" not in p.parts) == files_before
+    assert (
+        sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "_state" not in p.parts)
+        == files_before
+    )
     with pytest.raises(CacheError):
         tgkit.open_dataset(tmp_path).collect()
 
