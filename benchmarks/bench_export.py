@@ -105,7 +105,7 @@ async def tgkit_run(client, chat: str, out: Path) -> tuple[tgkit.ExportResult, f
 
 
 def parquet_bytes(out: Path) -> int:
-    return sum(p.stat().st_size for p in out.glob("chat_id=*/part-*.parquet"))
+    return sum(p.stat().st_size for p in out.glob("messages/chat_id=*/part-*.parquet"))
 
 
 async def worker(args: argparse.Namespace) -> dict:

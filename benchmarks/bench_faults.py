@@ -223,7 +223,7 @@ def _storm(rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any
 
 def _rows(out: Path) -> int:
     total = 0
-    for cp in out.glob("chat_id=*/_checkpoint.json"):
+    for cp in out.glob("_state/chat_id=*/checkpoint.json"):  # dataset layout 2
         try:
             total += int(json.loads(cp.read_bytes())["rows"])
         except (OSError, ValueError, KeyError):

@@ -53,7 +53,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
     )
     out, ref = tmp_path / "killed", tmp_path / "reference"
     reference = _child(ref)  # the uninterrupted export runs beside the kills (the other core)
-    checkpoint = out / f"chat_id={CHANNEL_ID}" / CHECKPOINT_NAME
+    checkpoint = ChatPartition(out, CHANNEL_ID).checkpoint_path
     # kill points: committed rows to wait for (ascending, well below the end so every kill hits a
     # live process; a few at 0: killed while starting) and a random sub-delay after that
     targets = sorted(
@@ -97,10 +97,14 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
     assert_same_rows(out, ref)
     assert dataset_frame(out)["id"].to_list() == expected_ids
     # no temporary or orphan files were left behind by the final run
-    chat_dir = out / f"chat_id={CHANNEL_ID}"
-    cp = ChatPartition(out, CHANNEL_ID).load()
+    part = ChatPartition(out, CHANNEL_ID)
+    cp = part.load()
     assert cp is not None
-    leftovers = {p.name for p in chat_dir.iterdir()} - set(cp.parts) - {CHECKPOINT_NAME}
+    leftovers = {p.name for p in part.dir.iterdir()} - set(cp.parts)
+    leftovers |= {p.name for p in part.state_dir.iterdir()} - {CHECKPOINT_NAME}
+    leftovers |= {p.name for p in (out / "_state" / "tmp").iterdir()}
+    leftovers |= {p.name for p in (out / "peers").iterdir()} - {cp.peers_file}
+    leftovers |= {p.name for p in (out / "chats").iterdir()} - {cp.chat_file}
     assert not leftovers, leftovers
 
 
@@ -113,12 +117,17 @@ def test_leftovers_of_a_crash_are_ignored_then_removed(tmp_path: Path) -> None:
 
     world = World(seed=WORLD_SEED, channel_messages=600, group_messages=10, media=False)
     asyncio.run(export_world(world, tmp_path, batch_size=200, limit=400))
-    chat_dir = tmp_path / f"chat_id={CHANNEL_ID}"
+    chat_dir = ChatPartition(tmp_path, CHANNEL_ID).dir
     committed = dataset_frame(tmp_path)
     part = sorted(chat_dir.glob("part-*.parquet"))[-1]
     orphan = chat_dir / "part-000099.parquet"
     orphan.write_bytes(part.read_bytes())  # a complete part no checkpoint lists
-    junk = [chat_dir / ".part-000003.parquet.x1.tmp", chat_dir / f".{CHECKPOINT_NAME}.x2.tmp"]
+    state = tmp_path / "_state"
+    junk = [
+        state / "tmp" / f"chat_id={CHANNEL_ID}.part-000003.parquet.x1.tmp",
+        state / "tmp" / f"peers.c{CHANNEL_ID}-000009.parquet.x3.tmp",
+        state / f"chat_id={CHANNEL_ID}" / f".{CHECKPOINT_NAME}.x2.tmp",
+    ]
     for path in junk:
         path.write_bytes(b"half written")
     assert dataset_frame(tmp_path).equals(committed)  # readers see committed parts only

@@ -369,8 +369,9 @@ def test_a_write_failure_keeps_committed_parts_and_a_rerun_completes(
 def test_another_chats_checkpoint_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     import_desktop(FIXTURES / "old_2019", out=out, progress=False)
-    (out / "chat_id=1500000001").mkdir()
-    shutil.copy(out / "chat_id=1122334455" / "_checkpoint.json", out / "chat_id=1500000001")
+    other = ChatPartition(out, 1500000001).state_dir
+    other.mkdir(parents=True)
+    shutil.copy(ChatPartition(out, 1122334455).checkpoint_path, other)
     with pytest.raises(CacheError, match="belongs to chat 1122334455") as info:
         import_desktop(FIXTURES / "new_2023", out=out, progress=False)
     assert "\n" not in str(info.value)

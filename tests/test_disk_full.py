@@ -77,7 +77,7 @@ def test_export_stopped_by_a_size_limit_resumes_without_gap_or_duplicate(tmp_pat
     asyncio.run(export_world(_world(), ref, batch_size=BATCH))
     cp = ChatPartition(ref, CHANNEL_ID).load()
     assert cp is not None
-    sizes = [(ref / f"chat_id={CHANNEL_ID}" / name).stat().st_size for name in cp.parts]
+    sizes = [(ChatPartition(ref, CHANNEL_ID).dir / name).stat().st_size for name in cp.parts]
     # a limit that the first k parts fit under and part k+1 does not: the run must commit k parts
     k = next(i for i in range(1, len(sizes)) if sizes[i] > max(sizes[:i]))
     limit = max(sizes[:k])
@@ -94,7 +94,7 @@ def test_export_stopped_by_a_size_limit_resumes_without_gap_or_duplicate(tmp_pat
     assert partial is not None and len(partial.parts) == k
     assert partial.parts == cp.parts[:k]
     assert partial.rows == sum(
-        pq.read_metadata(ref / f"chat_id={CHANNEL_ID}" / n).num_rows for n in cp.parts[:k]
+        pq.read_metadata(ChatPartition(ref, CHANNEL_ID).dir / n).num_rows for n in cp.parts[:k]
     )
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["chats"][str(CHANNEL_ID)]["rows"] == partial.rows

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import tgkit
-from tgkit.dataset import CHECKPOINT_NAME, ChatPartition
+from tgkit.dataset import ChatPartition
 from tgkit.offline import CHANNEL_ID, GROUP_ID, OfflineServer, World, connect_demo
-from tgkit.records import MESSAGE_COLUMNS, polars_schema
+from tgkit.records import CHAT_COLUMNS, MESSAGE_COLUMNS, PEER_COLUMNS, polars_schema
 
 
 def run(coro):
@@ -130,10 +130,10 @@ def test_two_chats_share_one_dataset_partitioned_by_chat(tmp_path):
     export(world, out, chat="@tgkit_group")
     counts = dict(tgkit.open_dataset(out).group_by("chat_id").len().collect().iter_rows())
     assert counts == {CHANNEL_ID: len(world.ids(CHANNEL_ID)), GROUP_ID: len(world.ids(GROUP_ID))}
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest["chats"]) == {str(CHANNEL_ID), str(GROUP_ID)}
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["layout"] == 2 and set(manifest["chats"]) == {str(CHANNEL_ID), str(GROUP_ID)}
     # plain Parquet: pyarrow reads the parts without tgkit
-    table = pq.read_table(out / f"chat_id={CHANNEL_ID}")
+    table = pq.read_table(out / "messages" / f"chat_id={CHANNEL_ID}")
     assert table.num_rows == counts[CHANNEL_ID]
 
 
@@ -186,7 +186,7 @@ def test_corrupt_or_foreign_checkpoint_is_cache_error_and_left_alone(tmp_path):
     world = small_world()
     out = tmp_path / "ds"
     export(world, out, limit=100)
-    cp_path = out / f"chat_id={CHANNEL_ID}" / CHECKPOINT_NAME
+    cp_path = ChatPartition(out, CHANNEL_ID).checkpoint_path
     good = cp_path.read_bytes()
     for bad in (b"{not json", b"\x00\xff" * 50, good.replace(str(CHANNEL_ID).encode(), b"999", 1)):
         cp_path.write_bytes(bad)
@@ -201,7 +201,7 @@ def test_orphan_part_from_a_crash_is_ignored_then_removed(tmp_path):
     world = small_world()
     out = tmp_path / "ds"
     export(world, out, limit=200, batch_size=100)
-    chat_dir = out / f"chat_id={CHANNEL_ID}"
+    chat_dir = out / "messages" / f"chat_id={CHANNEL_ID}"
     # a crash after renaming a part but before committing the checkpoint leaves this behind
     orphan = chat_dir / "part-000099.parquet"
     orphan.write_bytes((chat_dir / "part-000001.parquet").read_bytes())
@@ -341,6 +341,7 @@ def test_schema_doc_is_generated_from_the_code():
         "docs/SCHEMA.md is stale: run python -m tgkit.schema_doc > docs/SCHEMA.md"
     )
     assert set(schema_doc.COLUMN_DOCS) == set(MESSAGE_COLUMNS)
+    assert set(schema_doc.PEER_DOCS) == set(PEER_COLUMNS) and set(schema_doc.CHAT_DOCS) == set(CHAT_COLUMNS)
 
 
 def test_rerun_retries_media_that_failed_and_fixes_the_rows(tmp_path):
@@ -383,8 +384,8 @@ def test_rerun_retries_media_that_failed_and_fixes_the_rows(tmp_path):
     assert len(parts_after) == len(parts_before) and 0 < len(set(parts_after) - set(parts_before)) < len(
         parts_before
     )
-    assert sorted(p.name for p in (out / f"chat_id={CHANNEL_ID}").glob("part-*.parquet")) == sorted(
-        parts_after
-    )
+    assert sorted(
+        p.name for p in (out / "messages" / f"chat_id={CHANNEL_ID}").glob("part-*.parquet")
+    ) == sorted(parts_after)
     # a third run has nothing left to retry
     assert run(_with_client(world, go, server=server)).media_retried == 0

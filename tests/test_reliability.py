@@ -156,7 +156,7 @@ def test_flood_wait_above_ceiling_leaves_a_resumable_checkpoint(tmp_path: Path, 
     err = ei.value
     assert err.seconds == 3600
     assert err.checkpoint is not None and err.checkpoint.is_file()
-    assert err.checkpoint == tmp_path / f"chat_id={CHANNEL_ID}" / CHECKPOINT_NAME
+    assert err.checkpoint == ChatPartition(tmp_path, CHANNEL_ID).checkpoint_path
     # the dataset opens and holds exactly the oldest rows: no gap
     partial = dataset_frame(tmp_path)
     full = dataset_frame(reference)
@@ -449,7 +449,7 @@ def test_state_files_are_private(tmp_path: Path) -> None:
         asyncio.run(main())
     finally:
         os.umask(old)
-    checkpoint = tmp_path / "out" / f"chat_id={CHANNEL_ID}" / CHECKPOINT_NAME
+    checkpoint = ChatPartition(tmp_path / "out", CHANNEL_ID).checkpoint_path
     for path in (checkpoint, tmp_path / "cache" / "peers.msgpack", Path(f"{session_path}.session")):
         assert path.is_file(), path
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path} is {oct(path.stat().st_mode)}"
@@ -541,14 +541,19 @@ CORRUPTIONS = {
 def test_corrupt_checkpoint_is_a_cache_error_and_left_untouched(tmp_path: Path, corruption: str) -> None:
     world = _world(400)
     asyncio.run(export_world(world, tmp_path, batch_size=100))
-    path = tmp_path / f"chat_id={CHANNEL_ID}" / CHECKPOINT_NAME
+    part = ChatPartition(tmp_path, CHANNEL_ID)
+    path = part.checkpoint_path
     CORRUPTIONS[corruption](path)
     before = path.read_bytes()
-    parts_before = sorted(p.name for p in path.parent.iterdir())
+    files_before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "_state" not in p.parts)
     with pytest.raises(CacheError):
         asyncio.run(export_world(world, tmp_path))
     assert path.read_bytes() == before
-    assert sorted(p.name for p in path.parent.iterdir()) == parts_before  # no "orphan" was removed
+    # no "orphan" part, peers or chats file was removed
+    assert (
+        sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "_state" not in p.parts)
+        == files_before
+    )
     with pytest.raises(CacheError):
         tgkit.open_dataset(tmp_path).collect()
 

@@ -4,9 +4,10 @@ from tgkit import offline
 client = await offline.connect_demo()                  # or a real Telethon client
 result = await tgkit.export_chat(client, "@tgkit_demo", "data/exports/demo", pacer=tgkit.Pacer.unlimited())
 df = tgkit.open_dataset("data/exports/demo").collect()
+named = tgkit.with_names(tgkit.open_dataset(out), tgkit.open_dataset(out, "peers"))
 """
 
-from .dataset import open_dataset
+from .dataset import open_dataset, with_names
 from .desktop import DesktopImportResult, import_desktop
 from .errors import (
     AuthError,
@@ -66,4 +67,5 @@ __all__ = [
     "polars_schema",
     "pseudonymise",
     "run_sync",
+    "with_names",
 ]

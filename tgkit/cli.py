@@ -224,6 +224,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
     print()
     print(f"Dataset:   {out}/  (open with tgkit.open_dataset({str(out)!r}) or any Parquet reader)")
+    print(f"Tables:    {out / 'messages'}/  {out / 'peers'}/  {out / 'chats'}/")
     for r in results:
         print(
             f"Metrics:   {r.metrics_path}  ({r.resources_path.name if r.resources_path else 'no resources'})"
@@ -242,7 +243,7 @@ async def _demo(args: argparse.Namespace) -> int:
 def _demo_plots(results: list[Any], out: Path) -> list[Path]:
     from .plots import plot_resources, plot_stages
 
-    plot_dir = out / "plots"
+    plot_dir = out / "_plots"  # dataset v2 (#14): everything that is not a table starts with "_"
     plot_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     r = results[0]

@@ -18,10 +18,12 @@ from .records import ColumnBatch, Entity, ExportedMessage, Reaction, gc_paused
 
 __all__ = [
     "append_messages",
+    "chat_fields",
     "entity_type_name",
     "media_kind",
     "message_row",
     "peer_kind_id",
+    "peer_rows",
     "row_to_record",
     "to_records",
 ]
@@ -287,3 +289,90 @@ def to_records(messages: Iterable[Any], chat_id: int) -> list[ExportedMessage]:
             if row is not None:
                 out.append(row_to_record(row))
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Peers and chats: the names and metadata every history page carries for free (``.users``/``.chats``).
+
+
+def _peer_row(obj: Any, seen: int) -> tuple | None:
+    """One User/Channel/Chat as a row in ``PEER_COLUMNS`` order, or None for empty constructors."""
+    cls = type(obj)
+    if isinstance(obj, types.User):
+        first, last = obj.first_name, obj.last_name
+        name = " ".join(filter(None, (first, last))) or obj.username
+        return (
+            obj.id, "user", obj.username, first, last, None, obj.phone, bool(obj.bot), bool(obj.verified),
+            bool(obj.scam), bool(obj.fake), bool(obj.premium), bool(obj.deleted), seen, seen,
+            name, None, None, None, obj.lang_code, obj.photo is not None and not isinstance(
+                obj.photo, types.UserProfilePhotoEmpty), bool(obj.min), "api",
+        )  # fmt: skip
+    if isinstance(obj, types.Channel):
+        return (
+            obj.id, "channel", obj.username, None, None, obj.title, None, None, bool(obj.verified),
+            bool(obj.scam), bool(obj.fake), None, None, seen, seen,
+            obj.title, bool(obj.megagroup), bool(obj.broadcast), bool(obj.forum), None,
+            not isinstance(obj.photo, types.ChatPhotoEmpty), bool(obj.min), "api",
+        )  # fmt: skip
+    if isinstance(obj, types.ChannelForbidden):
+        return (
+            obj.id, "channel", None, None, None, obj.title, None, None, None, None, None, None, None, seen,
+            seen, obj.title, bool(obj.megagroup), bool(obj.broadcast), None, None, None, False, "api",
+        )  # fmt: skip
+    if isinstance(obj, types.Chat | types.ChatForbidden):
+        has_photo = None if cls is types.ChatForbidden else not isinstance(obj.photo, types.ChatPhotoEmpty)
+        return (
+            obj.id, "chat", None, None, None, obj.title, None, None, None, None, None, None,
+            bool(getattr(obj, "deactivated", False)), seen, seen, obj.title, None, None, None, None,
+            has_photo, False, "api",
+        )  # fmt: skip
+    return None  # UserEmpty, ChatEmpty, unknown constructors
+
+
+def peer_rows(users: Iterable[Any] | None, chats: Iterable[Any] | None, seen: int) -> list[tuple]:
+    """The ``peers`` rows of a page's ``.users`` and ``.chats`` (``seen``: epoch seconds of the observation).
+
+    Costs no request: every history page already carries the users and chats its messages mention
+    (senders, forward sources, mentioned users, the chat itself)."""
+    out = []
+    for obj in (*(users or ()), *(chats or ())):
+        row = _peer_row(obj, seen)
+        if row is not None:
+            out.append(row)
+    return out
+
+
+def chat_fields(obj: Any) -> dict[str, Any]:
+    """Metadata for the ``chats`` table from a Channel/Chat/User or from a full-chat answer
+    (``messages.ChatFull`` of GetFullChannel/GetFullChat): only the fields the object carries."""
+    full = getattr(obj, "full_chat", None)
+    if full is not None:
+        out: dict[str, Any] = {"about": full.about}
+        count = getattr(full, "participants_count", None)
+        if count is None and isinstance(getattr(full, "participants", None), types.ChatParticipants):
+            count = len(full.participants.participants)
+        out["participants_count"] = count
+        if isinstance(full, types.ChannelFull):
+            out["linked_chat_id"] = full.linked_chat_id
+        for chat in getattr(obj, "chats", ()) or ():
+            if getattr(chat, "id", None) == full.id:
+                out.update(chat_fields(chat))
+        return out
+    if isinstance(obj, types.Channel):
+        return {
+            "kind": "channel", "title": obj.title, "username": obj.username, "created": _dt(obj.date),
+            "type": "megagroup" if obj.megagroup else "broadcast" if obj.broadcast else "channel",
+        }  # fmt: skip
+    if isinstance(obj, types.Chat):
+        return {"kind": "chat", "title": obj.title, "created": _dt(obj.date), "type": "group"}
+    if isinstance(obj, types.User):
+        name = " ".join(filter(None, (obj.first_name, obj.last_name))) or obj.username
+        return {
+            "kind": "user",
+            "title": name,
+            "username": obj.username,
+            "type": "bot" if obj.bot else "private",
+        }
+    if isinstance(obj, types.ChannelForbidden | types.ChatForbidden):
+        return {"kind": "chat" if isinstance(obj, types.ChatForbidden) else "channel", "title": obj.title}
+    return {}

@@ -18,6 +18,7 @@ schema in :mod:`tgkit.records` (see docs/DESKTOP_IMPORT.md for the field-by-fiel
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -34,10 +35,11 @@ import ijson
 import polars as pl
 import pyarrow.compute as pc
 
-from .dataset import ChatPartition, Checkpoint, check_output_dir, open_dataset, update_manifest
+from .dataset import ChatPartition, Checkpoint, open_dataset, prepare_output_dir
 from .errors import ConfigError, DesktopFormatError, ExportError
 from .records import (
     MESSAGE_COLUMNS,
+    PEER_COLUMNS,
     ColumnBatch,
     Entity,
     ExportedMessage,
@@ -272,6 +274,12 @@ _ENTITIES_AT = _ROW_COLUMNS.index("entities")
 _REACTIONS_AT = _ROW_COLUMNS.index("reactions")
 
 _CHANNEL_TYPES = frozenset({"public_channel", "private_channel"})
+# Desktop chat type -> the peer kind of the chat itself (and the chats table's kind)
+_CHAT_PEER_KINDS = {
+    "personal_chat": "user", "bot_chat": "user", "saved_messages": "user", "private_group": "chat",
+    "private_supergroup": "channel", "public_supergroup": "channel", "private_channel": "channel",
+    "public_channel": "channel",
+}  # fmt: skip
 _PEER_KINDS = ("user", "channel", "chat")
 _PEER_RE = re.compile(r"([a-z_]+)(\d+)\Z")
 _EPOCH_SLACK = 86_400  # old exports wrote edited="1970-01-01T.." (epoch in local time) for "never edited"
@@ -431,11 +439,22 @@ class _Converter:
         self.chat_id = 0
         self.chat_is_channel = False
         self._peers: dict[Any, tuple[int | None, str | None]] = {}
+        # names the file shows for peers, per chat: {chat_id: {(kind, id): name}} (the peers table)
+        self.names: dict[int, dict[tuple[str, int], str]] = {}
 
     def set_chat(self, chat: DesktopChat) -> None:
         self.chat_id = chat.id
         self.chat_is_channel = chat.type in _CHANNEL_TYPES
         self._peers.clear()
+        kind = _CHAT_PEER_KINDS.get(chat.type or "")
+        if kind is not None and chat.name:
+            self.names.setdefault(chat.id, {})[(kind, chat.id)] = chat.name
+
+    def name(self, peer: tuple[int | None, str | None], name: Any) -> None:
+        """Remember the name the file shows beside a peer id (``from``, ``actor``, ``forwarded_from``)."""
+        pid, kind = peer
+        if pid is not None and kind in _PEER_KINDS and isinstance(name, str) and name:
+            self.names.setdefault(self.chat_id, {})[(kind, pid)] = name
 
     # -- pieces
 
@@ -592,6 +611,7 @@ class _Converter:
         action = None
         if service:
             sender_id, sender_kind = self.peer(get("actor_id"))
+            self.name((sender_id, sender_kind), get("actor"))
             if not text:
                 text = None  # the API's MessageService has no text
             raw_action = get("action")
@@ -609,9 +629,11 @@ class _Converter:
                     break
         else:
             sender_id, sender_kind = self.peer(get("from_id"))
+            self.name((sender_id, sender_kind), get("from"))
 
         fwd_name = get("forwarded_from")
         fwd_id, fwd_kind = self.peer(get("forwarded_from_id"))
+        self.name((fwd_id, fwd_kind), fwd_name)
 
         media_type = mime = size = duration = width = height = file_name = path = error = None
         if not service:  # the API's MessageService carries no media (a new group photo is in the action)
@@ -690,7 +712,13 @@ class DesktopBatches(Iterator[tuple[int, ColumnBatch]]):
         self.report = DesktopImportReport(path=path, bytes_total=path.stat().st_size)
         self._batch_size = batch_size
         self._on_progress = on_progress
+        self._converter: _Converter | None = None
         self._gen = self._batches()
+
+    def take_peers(self, chat_id: int, seen: int) -> list[tuple[Any, ...]]:
+        """The ``peers`` rows of the names read so far in chat ``chat_id`` (each handed over once)."""
+        names = self._converter.names.pop(chat_id, {}) if self._converter is not None else {}
+        return [_peer_row(kind, pid, name, seen) for (kind, pid), name in names.items()]
 
     def __iter__(self) -> DesktopBatches:
         return self
@@ -707,7 +735,7 @@ class DesktopBatches(Iterator[tuple[int, ColumnBatch]]):
     def rows(self) -> Iterator[list[Any]]:
         """The converted rows (``MESSAGE_COLUMNS`` order), one chat after another; the batches' source."""
         report = self.report
-        conv = _Converter(self.path.parent, report)
+        conv = self._converter = _Converter(self.path.parent, report)
         chat: DesktopChat | None = None
         src: _Source | None = None
         try:
@@ -967,6 +995,14 @@ def _to_batch(rows: list[list[Any]]) -> ColumnBatch:
     return batch
 
 
+def _peer_row(kind: str, pid: int, name: str, seen: int) -> tuple[Any, ...]:
+    row: dict[str, Any] = {"id": pid, "kind": kind, "name": name, "first_seen": seen, "last_seen": seen,
+                           "min": True, "source": "telegram_desktop"}  # fmt: skip
+    if kind != "user":
+        row["title"] = name  # a user's display name is not split into first/last by Desktop
+    return tuple(row.get(c) for c in PEER_COLUMNS)
+
+
 def iter_desktop_batches(
     path_or_dir: str | Path,
     *,
@@ -1041,31 +1077,41 @@ class DesktopImportResult:
 
 
 class _DatasetWriter:
-    """Commits batches as parts of their chat's partition, skipping ids its checkpoint already holds."""
+    """Commits batches as parts of their chat's partition (:class:`~tgkit.dataset.ChatPartition`, the
+    writer ``export_chat`` uses too), skipping ids its checkpoint already holds; the names the file
+    shows go to ``peers``, the chat's header to ``chats``."""
 
-    def __init__(self, root: Path, result: DesktopImportResult) -> None:
+    def __init__(self, root: Path, result: DesktopImportResult, batches: DesktopBatches) -> None:
         self.root = root
         self.result = result
+        self.batches = batches
         self.chat_id: int | None = None
         self.part: ChatPartition | None = None
         self.cp: Checkpoint | None = None
         self.floor = 0  # the checkpoint's last_id when this run reached the chat
         self.chat_type: str | None = None
-        # media_path is relative to the Desktop export folder: the manifest says which one
+        # media_path is relative to the Desktop export folder: the manifest and chats row say which one
         self.media_root = str(result.source.parent.resolve())
+        self.seen = int(time.time())
 
     @property
     def manifest_extra(self) -> dict[str, Any]:
         return {"source": "telegram_desktop", "type": self.chat_type, "media_root": self.media_root}
 
     def _open(self, chat_id: int) -> None:
+        self.close()
         chat = next((c for c in reversed(self.result.report.chats) if c.id == chat_id), None)
-        part = ChatPartition(self.root, chat_id)
+        part = ChatPartition(self.root, chat_id, source="telegram_desktop")
         cp = part.start(part.load())  # CacheError for a corrupt checkpoint or another chat's
         if cp.title is None and chat is not None:
             cp.title = chat.name
         self.chat_id, self.part, self.cp, self.floor = chat_id, part, cp, cp.last_id
         self.chat_type = chat.type if chat is not None else None
+        part.manifest_extra = self.manifest_extra
+        part.set_chat(
+            kind=_CHAT_PEER_KINDS.get(self.chat_type or ""), title=chat.name if chat else None,
+            type=self.chat_type, source="telegram_desktop", media_root=self.media_root,
+        )  # fmt: skip
 
     def write(self, chat_id: int, batch: ColumnBatch) -> int:
         """Write one batch (one chat); returns the rows written."""
@@ -1073,6 +1119,7 @@ class _DatasetWriter:
             self._open(chat_id)
         part, cp = self.part, self.cp
         assert part is not None and cp is not None
+        part.observe_peers(self.batches.take_peers(chat_id, self.seen))
         table = batch.to_arrow()
         if self.floor:
             table = table.filter(pc.greater(table["id"], self.floor))
@@ -1080,19 +1127,35 @@ class _DatasetWriter:
         if not table.num_rows:
             return 0
         last_id = pc.max(table["id"]).as_py()
-        try:
+        with _write_errors(part):
             self.cp, nbytes = part.write_part(cp, table, last_id=last_id)
-            update_manifest(self.root, self.cp, extra=self.manifest_extra)
-        except OSError as exc:
-            raise ExportError(
-                f"writing {part.dir} failed: {exc.strerror or exc} (committed parts are kept; "
-                "rerun the import to continue)",
-                checkpoint=part.checkpoint_path,
-            ) from exc
         self.result.parts_written += 1
         self.result.bytes_written += nbytes
         self.result.messages += table.num_rows
         return table.num_rows
+
+    def close(self) -> None:
+        """Commit the current chat's peers and chats rows (also when no new rows were written)."""
+        part, cp = self.part, self.cp
+        if part is None or cp is None:
+            return
+        part.observe_peers(self.batches.take_peers(part.chat_id, self.seen))
+        with _write_errors(part):
+            self.cp = part.commit_tables(cp)
+        self.part = self.cp = None
+        self.chat_id = None
+
+
+@contextlib.contextmanager
+def _write_errors(part: ChatPartition) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise ExportError(
+            f"writing {part.dir} failed: {exc.strerror or exc} (committed parts are kept; "
+            "rerun the import to continue)",
+            checkpoint=part.checkpoint_path,
+        ) from exc
 
 
 @overload
@@ -1173,10 +1236,10 @@ def _import_to_dataset(
 
     started = time.perf_counter()
     batches = DesktopBatches(path_or_dir, batch_size=batch_size)  # bad input fails before `out` is made
-    root = check_output_dir(out)
+    root = prepare_output_dir(out)  # upgrades a layout-1 dataset
     report = batches.report
     result = DesktopImportResult(path=root, source=batches.path, report=report)
-    writer = _DatasetWriter(root, result)
+    writer = _DatasetWriter(root, result, batches)
     total = max(1, report.bytes_total)
     try:
         with make_progress(progress, desc=f"importing {batches.path.name}") as bar:
@@ -1184,6 +1247,7 @@ def _import_to_dataset(
                 written = writer.write(chat_id, batch)
                 bar.set_stage(f"read {100 * report.bytes_read // total}% of {batches.path.name}")
                 bar.update(messages=written)
+            writer.close()
     finally:
         batches.close()
         result.seconds = time.perf_counter() - started

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from . import convert, fastpath
-from .dataset import ChatPartition, Checkpoint, check_output_dir, open_dataset, update_manifest
+from .dataset import MEDIA_DIR, METRICS_DIR, ChatPartition, Checkpoint, open_dataset, prepare_output_dir
 from .errors import ConfigError, ExportError, FloodWaitTooLong, TgkitError, write_error, write_errors
 from .jupyter import Progress, ProgressMode, format_rate, format_seconds, make_progress, run_sync
 from .media import media_file_name, normalise_media_kinds, safe_path
 from .metrics import MetricsCollector, ResourceMonitor
 from .pacing import Pacer
-from .records import MESSAGE_COLUMNS, ColumnBatch, Records, arrow_schema
+from .records import MESSAGE_COLUMNS, ColumnBatch, Records
 from .telegram import PAGE, Gateway, chat_id_of, default_pacer, page_title
 
 if TYPE_CHECKING:
@@ -45,10 +45,6 @@ __all__ = [
     "export_messages_sync",
 ]
 
-# Side folders start with "_" so Parquet readers pointed at the dataset root (pyarrow.dataset, Spark)
-# skip them, as they skip "_checkpoint.json".
-MEDIA_DIR = "_media"
-METRICS_DIR = "_metrics"
 _COL = {name: i for i, name in enumerate(MESSAGE_COLUMNS)}
 
 # ``media=``: None/False (no downloads), True/"all", one kind ("photo") or several (["photo", "video"]).
@@ -229,6 +225,7 @@ class _Pending:
     batch: ColumnBatch
     last_id: int
     media: list[tuple[int, asyncio.Task]]
+    peers: list[tuple] = field(default_factory=list)  # peers rows of the batch's pages (names, for free)
 
 
 class _Writer:
@@ -276,6 +273,9 @@ class _Writer:
                     task.cancel()
 
     async def _write(self, item: _Pending) -> None:
+        if not len(item.batch):
+            self.part.observe_peers(item.peers)  # committed by commit_tables at the end of the run
+            return
         if item.media:
             paths = item.batch.cols["media_path"]
             errors_ = item.batch.cols["media_error"]
@@ -284,12 +284,12 @@ class _Writer:
                 paths[idx] = path
                 errors_[idx] = err
         t0 = self.metrics.start()
+        self.part.observe_peers(item.peers)  # committed with this part
         table = item.batch.to_arrow()  # GIL-bound: a thread would only contend with the fetch loop
         with write_errors(self.part.dir):  # disk full, permission: an ExportError naming the folder
             self.cp, nbytes = await asyncio.to_thread(
                 self.part.write_part, self.cp, table, last_id=item.last_id
             )
-            await asyncio.to_thread(update_manifest, self.root, self.cp)
         self.metrics.stop("write", t0)
         self.metrics.add_bytes_written(nbytes)
         self.result.parts_written += 1
@@ -480,15 +480,24 @@ class _ExportRun:
         bar.set_stage("downloading media" if self.worker is not None else "writing")
         await writer.close()
         self.writer = None
-        title = result.title
-        if title and cp.title != title:
-            final = part.load() or cp
-            final.title = title
-            with write_errors(part.dir):
-                part.commit(final)
-                update_manifest(self.root, final)
+        # the chats row (after the history: a stale cached peer is repaired by then); then commit it and
+        # the run's peers (and a new title) even when there were no new rows
+        part.set_chat(**await self._chat_metadata())
+        final = part.load() or cp
+        if result.title:
+            final.title = result.title
+            part.set_chat(title=result.title)
+        with write_errors(part.dir):
+            part.commit_tables(final)
         bar.set_stage("done")
         return result
+
+    async def _chat_metadata(self) -> dict[str, Any]:
+        """The chats row's metadata: one GetFullChannel (or GetFullChat) per chat and run."""
+        full = await self.gateway.full_chat(self.peer, label=self.chat)
+        if full is None:
+            return {"kind": "user", "type": "private"}
+        return convert.chat_fields(full)
 
     def _fetch_page(self, offset: int) -> Awaitable[Any]:
         """The history page of messages after ``offset - 1`` (oldest first), through the gateway."""
@@ -511,6 +520,7 @@ class _ExportRun:
         batch_size = self.opts.batch_size
         batch = ColumnBatch()
         media_tasks: list[tuple[int, asyncio.Task]] = []
+        peers: list[tuple] = []  # free names from every page's .users/.chats
         top = cp.last_id
         pending: asyncio.Future | None = asyncio.ensure_future(fetch(top + 1))
         first = True
@@ -524,6 +534,7 @@ class _ExportRun:
                 view = fastpath.page_rows(page, chat_id)
                 m.count("pages_fast" if view.fast else "pages_telethon")
                 ids = view.ids
+                peers.extend(convert.peer_rows(page.users, page.chats, int(time.time())))
                 if first:
                     first = False
                     result.title = page_title(page, chat_id)
@@ -557,8 +568,8 @@ class _ExportRun:
                 if remaining is not None:
                     remaining -= len(order)
                 if len(batch) >= batch_size:
-                    await writer.submit(_Pending(batch, top, media_tasks))
-                    batch, media_tasks = ColumnBatch(), []
+                    await writer.submit(_Pending(batch, top, media_tasks, peers))
+                    batch, media_tasks, peers = ColumnBatch(), [], []
                 if done:
                     break
         except BaseException:
@@ -570,27 +581,19 @@ class _ExportRun:
                 # keep what was fetched: media that did not finish is recorded as interrupted
                 for idx, _task in media_tasks:
                     batch.cols["media_error"][idx] = "interrupted"
-                await writer.submit(_Pending(batch, top, []))
+                await writer.submit(_Pending(batch, top, [], peers))
             raise
         if len(batch):
-            await writer.submit(_Pending(batch, top, media_tasks))
+            await writer.submit(_Pending(batch, top, media_tasks, peers))
+        elif peers:
+            await writer.submit(_Pending(batch, top, [], peers))  # no rows: peers only (committed at the end)
 
     async def _retry_media(self, cp: Checkpoint) -> Checkpoint:
         """Download again the media of committed rows that recorded an error (an interrupted run, a
         transient failure), and swap the parts that held them for corrected ones."""
         assert self.part is not None and self.worker is not None
         part, worker, bar, result = self.part, self.worker, self.bar, self.result
-        for name in list(cp.parts):
-            path = part.dir / name
-            probe = pl.read_parquet(path, columns=["id", "media_type", "media_path", "media_error"])
-            ids = probe.filter(
-                # a row with a file but an error (a transcode that failed) keeps its original: not retried
-                pl.col("media_error").is_not_null()
-                & pl.col("media_path").is_null()
-                & pl.col("media_type").is_in(sorted(worker.kinds))
-            )["id"].to_list()
-            if not ids:
-                continue
+        for name, ids in list(part.failed_media(cp, sorted(worker.kinds))):
             bar.set_stage(f"retrying {len(ids)} media file(s)")
             fixed: dict[int, tuple[str | None, str | None]] = {}
             for start in range(0, len(ids), PAGE):
@@ -609,30 +612,8 @@ class _ExportRun:
             recovered = sum(1 for p, err in fixed.values() if err is None and p is not None)
             result.media_retried += len(fixed)
             result.media_recovered += recovered
-            df = pl.read_parquet(path)
-            upd = pl.DataFrame(
-                {
-                    "id": list(fixed),
-                    "_path": [p for p, _ in fixed.values()],
-                    "_err": [e for _, e in fixed.values()],
-                },
-                schema={"id": pl.Int64, "_path": pl.String, "_err": pl.String},
-            )
-            df = (
-                df.join(upd, on="id", how="left", maintain_order="left")
-                .with_columns(
-                    media_path=pl.when(pl.col("_err").is_null() & pl.col("_path").is_not_null())
-                    .then(pl.col("_path"))
-                    .otherwise(pl.col("media_path")),
-                    media_error=pl.when(pl.col("id").is_in(list(fixed)))
-                    .then(pl.col("_err"))
-                    .otherwise(pl.col("media_error")),
-                )
-                .drop("_path", "_err")
-            )
             with write_errors(part.dir):
-                cp, _ = await asyncio.to_thread(part.swap_part, cp, name, df.to_arrow().cast(arrow_schema()))
-                update_manifest(self.root, cp)
+                cp = await asyncio.to_thread(part.patch_media, cp, name, fixed)
         return cp
 
     async def _refresh(self, cp: Checkpoint) -> Checkpoint:
@@ -663,6 +644,7 @@ class _ExportRun:
             m.count("pages_fast" if view.fast else "pages_telethon")
             if not view.ids:
                 break
+            part.observe_peers(convert.peer_rows(page.users, page.chats, int(time.time())))
             for i in sorted(range(len(view.ids)), key=view.ids.__getitem__):
                 row = view.rows[i]
                 if row is not None and row[1] <= cp.last_id:
@@ -671,22 +653,13 @@ class _ExportRun:
             offset = max(view.ids) + 1
             if offset > cp.last_id:
                 break
-        fresh = batch.to_polars()
-        # keep media paths from the first export (refresh does not re-download)
-        keep_cols = ["id", "media_path", "media_error"]
-        fresh = fresh.drop("media_path", "media_error").join(existing.select(keep_cols), on="id", how="left")
-        fresh = fresh.select(existing.columns)
-        gone = set(old_ids.to_list()) - seen
+        # the merge (media paths kept, deletions found) lives in ChatPartition
+        with write_errors(part.dir):
+            new_cp, nbytes, gone = await asyncio.to_thread(
+                part.apply_refresh, cp, batch.to_polars(), lo, refreshed_until=int(time.time())
+            )
         result.deleted = len(gone)
         result.refreshed = len(seen)
-        merged = pl.concat([existing.filter(pl.col("id") < lo), fresh]).sort("id")
-        with write_errors(part.dir):
-            new_cp, nbytes = await asyncio.to_thread(
-                part.replace_parts, cp, merged.to_arrow(), last_id=cp.last_id
-            )
-            new_cp.refreshed_until = int(time.time())
-            part.commit(new_cp)
-            update_manifest(self.root, new_cp, extra={"deleted_in_last_refresh": sorted(gone)[:1000]})
         result.bytes_written += nbytes
         result.total_rows = new_cp.rows
         return new_cp
@@ -732,7 +705,7 @@ async def export_chat(
     (or ``TGKIT_FAST_DECODE=0``) reads history pages with Telethon's decoder instead of tgkit's
     columnar fast path (same rows, slower).
     """
-    root = check_output_dir(out)  # before any request is sent
+    root = prepare_output_dir(out)  # before any request is sent (upgrades a layout-1 dataset)
     _protect_session_file(client)
     if batch_size < 1:
         raise ConfigError("batch_size must be at least 1")

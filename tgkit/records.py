@@ -22,23 +22,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
+    "CHAT_COLUMNS",
     "DATE_COLUMNS",
     "ENTITY_FIELDS",
     "MESSAGE_COLUMNS",
+    "PEER_COLUMNS",
     "REACTION_FIELDS",
     "CacheEntry",
     "ColumnBatch",
     "Entity",
     "ExportedMessage",
-    "MediaRef",
-    "MetricSample",
-    "Peer",
-    "PipelineStats",
     "Reaction",
     "Records",
     "arrow_schema",
     "gc_paused",
     "polars_schema",
+    "rows_to_arrow",
+    "table_polars_schema",
+    "table_schema",
 ]
 
 
@@ -62,22 +63,6 @@ class Reaction:
     emoji: str | None
     document_id: int | None
     count: int
-
-
-@dataclass(slots=True)
-class MediaRef:
-    """What a message carries as media, and where tgkit put the file (if it downloaded it)."""
-
-    type: str
-    mime: str | None = None
-    size: int | None = None
-    duration: float | None = None
-    width: int | None = None
-    height: int | None = None
-    file_name: str | None = None
-    file_id: int | None = None
-    path: str | None = None
-    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -125,17 +110,6 @@ class ExportedMessage:
 
 
 @dataclass(slots=True)
-class Peer:
-    """A resolved chat or user: enough to build an InputPeer (never the raw TL bytes)."""
-
-    kind: str  # "user" | "channel" | "chat"
-    id: int
-    access_hash: int | None
-    username: str | None = None
-    title: str | None = None
-
-
-@dataclass(slots=True)
 class CacheEntry:
     """A peer-cache entry as persisted: ``(kind, id, access_hash)`` plus username and resolved-at time."""
 
@@ -144,31 +118,6 @@ class CacheEntry:
     access_hash: int | None
     username: str | None
     resolved_at: float
-
-
-@dataclass(slots=True)
-class PipelineStats:
-    """Counts and timings of one export run."""
-
-    chat_id: int
-    messages: int = 0
-    pages: int = 0
-    parts: int = 0
-    media_downloaded: int = 0
-    media_failed: int = 0
-    bytes_written: int = 0
-    seconds: float = 0.0
-    resumed_from: int | None = None
-
-
-@dataclass(slots=True)
-class MetricSample:
-    """One observation: a stage/metric pair, its value and when (seconds since the run started)."""
-
-    stage: str
-    metric: str
-    value: float
-    t: float
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,6 +201,98 @@ def arrow_schema(*, raw: bool = False) -> pa.Schema:
 def polars_schema() -> pl.Schema:
     """The typed Polars schema of a message frame; an empty export still has every column."""
     return pl.Schema(pl.from_arrow(arrow_schema().empty_table()).schema)  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------------------------------
+# The two side tables of a dataset: peers (names of everyone the export saw) and chats (one row per
+# exported chat).  Rows are plain tuples in column order, dates as int epoch seconds (as for messages).
+
+_PEER_ARROW: dict[str, pa.DataType] = {
+    "id": pa.int64(),
+    "kind": pa.string(),
+    "username": pa.string(),
+    "first_name": pa.string(),
+    "last_name": pa.string(),
+    "title": pa.string(),
+    "phone": pa.string(),
+    "bot": pa.bool_(),
+    "verified": pa.bool_(),
+    "scam": pa.bool_(),
+    "fake": pa.bool_(),
+    "premium": pa.bool_(),
+    "deleted": pa.bool_(),
+    "first_seen": pa.int64(),
+    "last_seen": pa.int64(),
+    # extras Telegram hands over with the same objects
+    "name": pa.string(),
+    "megagroup": pa.bool_(),
+    "broadcast": pa.bool_(),
+    "forum": pa.bool_(),
+    "lang_code": pa.string(),
+    "has_photo": pa.bool_(),
+    "min": pa.bool_(),
+    "source": pa.string(),
+}
+PEER_COLUMNS: tuple[str, ...] = tuple(_PEER_ARROW)
+PEER_DATE_COLUMNS: tuple[str, ...] = ("first_seen", "last_seen")
+
+_CHAT_ARROW: dict[str, pa.DataType] = {
+    "id": pa.int64(),
+    "kind": pa.string(),
+    "title": pa.string(),
+    "username": pa.string(),
+    "about": pa.string(),
+    "participants_count": pa.int64(),
+    "linked_chat_id": pa.int64(),
+    "created": pa.int64(),
+    "first_id": pa.int64(),
+    "last_id": pa.int64(),
+    "rows": pa.int64(),
+    "last_export": pa.int64(),
+    "source": pa.string(),
+    # extras
+    "type": pa.string(),
+    "media_root": pa.string(),
+    "refreshed_until": pa.int64(),
+    # reserved for the corpus runs (#16): nullable until they fill them
+    "status": pa.string(),
+    "since": pa.int64(),
+    "until": pa.int64(),
+}
+CHAT_COLUMNS: tuple[str, ...] = tuple(_CHAT_ARROW)
+CHAT_DATE_COLUMNS: tuple[str, ...] = ("created", "last_export", "refreshed_until", "since", "until")
+
+_TABLES: dict[str, tuple[dict[str, pa.DataType], tuple[str, ...]]] = {
+    "peers": (_PEER_ARROW, PEER_DATE_COLUMNS),
+    "chats": (_CHAT_ARROW, CHAT_DATE_COLUMNS),
+}
+
+
+def table_schema(table: str) -> pa.Schema:
+    """The Arrow schema of a dataset table: ``"messages"``, ``"peers"`` or ``"chats"`` (dates as
+    ``timestamp[us, UTC]``)."""
+    if table == "messages":
+        return arrow_schema()
+    columns, dates = _TABLES[table]
+    return pa.schema([(name, _UTC_US if name in dates else dtype) for name, dtype in columns.items()])
+
+
+def table_polars_schema(table: str) -> pl.Schema:
+    """The Polars schema of a dataset table (see :func:`table_schema`)."""
+    return pl.Schema(pl.from_arrow(table_schema(table).empty_table()).schema)  # type: ignore[union-attr]
+
+
+def rows_to_arrow(table: str, rows: Sequence[Sequence[Any]]) -> pa.Table:
+    """Side-table rows (tuples in column order, dates as epoch seconds) as an Arrow table of that table's schema."""
+    columns, dates = _TABLES[table]
+    arrays = []
+    for i, (name, dtype) in enumerate(columns.items()):
+        values = [_scrub(row[i]) if dtype == pa.string() else row[i] for row in rows]
+        arr = pa.array(values, dtype)
+        if name in dates:
+            arr = pc.multiply(arr, 1_000_000).cast(_UTC_US)
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=table_schema(table))
 
 
 _PL_SCHEMA = polars_schema()
@@ -492,12 +533,6 @@ class Records(Sequence[ExportedMessage]):
 
     def extend(self, recs: Iterable[ExportedMessage]) -> None:
         self._items.extend(recs)
-
-    def to_batch(self) -> ColumnBatch:
-        batch = ColumnBatch()
-        for rec in self._items:
-            batch.add_record(rec)
-        return batch
 
     def to_arrow(self) -> pa.Table:
         """An Arrow table with the dataset schema (:func:`arrow_schema`)."""

@@ -1,13 +1,14 @@
-"""The dataset schema as a Markdown table, generated from the code (``python -m tgkit.schema_doc``).
+"""The dataset layout and the schema of its three tables as Markdown, generated from the code
+(``python -m tgkit.schema_doc > docs/SCHEMA.md``).
 
 docs/SCHEMA.md is this module's output; a test fails when the two differ.
 """
 
 from __future__ import annotations
 
-from .records import MESSAGE_COLUMNS, arrow_schema, polars_schema
+from .records import CHAT_COLUMNS, MESSAGE_COLUMNS, PEER_COLUMNS, table_polars_schema, table_schema
 
-__all__ = ["COLUMN_DOCS", "render"]
+__all__ = ["CHAT_DOCS", "COLUMN_DOCS", "PEER_DOCS", "render"]
 
 COLUMN_DOCS: dict[str, str] = {
     "chat_id": "Telegram's bare (unmarked) id of the chat: channel/supergroup id, basic group id or user id.",
@@ -54,22 +55,143 @@ COLUMN_DOCS: dict[str, str] = {
 }
 
 
-def render() -> str:
-    arrow = arrow_schema()
-    pl_schema = polars_schema()
+PEER_DOCS: dict[str, str] = {
+    "id": "Bare (unmarked) id. Users and channels have separate id spaces: a row is one `(kind, id)`.",
+    "kind": "`user`, `channel` (also supergroups) or `chat` (basic group).",
+    "username": "Public username without `@`; null if none.",
+    "first_name": "User's first name.",
+    "last_name": "User's last name.",
+    "title": "Channel/group title (for Desktop imports also the name shown for a channel or group).",
+    "phone": "Phone number, only when Telegram handed it over (contacts); null otherwise.",
+    "bot": "User is a bot.",
+    "verified": "Verified by Telegram.",
+    "scam": "Flagged as scam by Telegram.",
+    "fake": "Flagged as fake (impersonation) by Telegram.",
+    "premium": "User has Telegram Premium.",
+    "deleted": "Deleted account (users) or deactivated basic group.",
+    "first_seen": "When an export first saw this peer (UTC; the earliest over every observation).",
+    "last_seen": "When an export last saw this peer (UTC); the row holds that latest observation.",
+    "name": "Display name: `first last` (or the username) for users, the title for channels and groups; "
+    "for Desktop imports the name the file shows.",
+    "megagroup": "Channel is a supergroup.",
+    "broadcast": "Channel is a broadcast channel.",
+    "forum": "Supergroup with topics.",
+    "lang_code": "Language code the user's client reported (bots see it; often null).",
+    "has_photo": "Has a profile photo.",
+    "min": "Telegram sent a reduced (`min`) object, or a Desktop import (names only): other fields may "
+    "be null because they were not sent, not because they are empty.",
+    "source": "`api` or `telegram_desktop`: where the latest observation came from.",
+}
+
+CHAT_DOCS: dict[str, str] = {
+    "id": "Bare id of the exported chat: the `chat_id` of its messages.",
+    "kind": "`user` (a private chat), `channel` (channels and supergroups) or `chat` (basic group).",
+    "title": "Title (for a private chat: the other user's name).",
+    "username": "Public username without `@`.",
+    "about": "Description (one `GetFullChannel`/`GetFullChat` per chat and run; null for Desktop imports).",
+    "participants_count": "Members, as Telegram reported it at the last export.",
+    "linked_chat_id": "Discussion group of a channel (or the channel of a discussion group).",
+    "created": "Creation date (UTC). For a channel the account has joined, Telegram reports the join date.",
+    "first_id": "Smallest message id in the dataset for this chat.",
+    "last_id": "Largest message id in the dataset (where an incremental export resumes).",
+    "rows": "Message rows in the dataset for this chat.",
+    "last_export": "When an export or import last committed this chat (UTC).",
+    "source": "`api` (export_chat) or `telegram_desktop` (import_desktop).",
+    "type": "`broadcast`, `megagroup`, `group`, `private`, `bot`, or Telegram Desktop's chat type.",
+    "media_root": "Folder that `media_path` is relative to, for Desktop imports (the export folder); "
+    "null for API exports (relative to the dataset).",
+    "refreshed_until": "Date up to which a refresh run re-read the messages (UTC); null if never refreshed.",
+    "status": "Reserved for corpus runs (#16): outcome of the last run of this chat; null until then.",
+    "since": "Reserved for corpus runs (#16): start of the exported date window; null = from the start.",
+    "until": "Reserved for corpus runs (#16): end of the exported date window; null = up to now.",
+}
+
+_LAYOUT = """\
+## Layout (`"layout": 2` in `_manifest.json`)
+
+```
+OUT/messages/chat_id=<id>/part-NNNNNN.parquet   messages; the hive key chat_id is not stored in the files
+OUT/peers/c<chat_id>-NNNNNN.parquet             peers seen by the export of <chat_id> (one row per peer)
+OUT/chats/c<chat_id>-NNNNNN.parquet             one row: the chat <chat_id>
+OUT/_manifest.json                              summary per chat; tables and their columns
+OUT/_state/chat_id=<id>/checkpoint.json         commit point of a chat: its parts, peers and chats files
+OUT/_state/tmp/  OUT/_state/lock                files being written; lock for the manifest and upgrades
+OUT/_media/  OUT/_metrics/  OUT/_plots/         downloaded files, metrics, plots
+```
+
+Every table folder holds only complete Parquet files, so the default calls read it:
+
+```python
+pl.scan_parquet("OUT/messages")                                   # or "OUT/messages/**/*.parquet", hive_partitioning=True
+duckdb.sql("select * from read_parquet('OUT/messages/**/*.parquet', hive_partitioning=true)")
+pyarrow.dataset.dataset("OUT/messages", format="parquet", partitioning="hive")
+spark.read.parquet("OUT/messages")
+tgkit.open_dataset("OUT")                                         # the same rows, column order as below
+```
+
+`chat_id` comes from the folder name. Polars and DuckDB type it `Int64`/`BIGINT`; pyarrow's (and
+Spark's) partition inference types a path key `int32` when every id fits (strings in pyarrow, `long`
+in Spark, once one id exceeds 2^31-1), and no file or metadata changes that default. For `int64` from
+pyarrow pass the schema: `partitioning=ds.partitioning(pa.schema([("chat_id", pa.int64())]), flavor="hive")`.
+Dates are `timestamp[us, UTC]` in every table.
+
+Writers: a file counts once its chat's checkpoint lists it. A crash between writing a file and
+committing the checkpoint leaves an uncommitted file, which `tgkit.open_dataset` ignores and the next
+export/import of that chat removes; a raw reader sees it until then. Processes writing different chats
+into one dataset never write the same file (peers and chats files carry the chat's id).
+
+`peers` read raw holds one row per peer per exported chat that saw it (each chat keeps its own latest
+view); `tgkit.open_dataset(OUT, "peers")` keeps one row per `(kind, id)`: the latest `last_seen`, the
+earliest `first_seen`. The same in SQL:
+`select * from read_parquet('OUT/peers/*.parquet') qualify row_number() over (partition by kind, id order by last_seen desc) = 1`.
+`tgkit.with_names(messages, peers)` adds `sender_name`, `sender_username`, `fwd_peer_name`, `fwd_from`.
+
+A layout-1 dataset (`OUT/chat_id=<id>/part-*.parquet`, `_checkpoint.json`, `OUT/manifest.json`) opens
+with `tgkit.open_dataset`; the next `export_chat` or `import_desktop` into it upgrades it in place, one
+chat at a time, each chat committed by its new checkpoint (a kill at any point leaves a dataset that
+opens; the next run finishes the upgrade).
+"""
+
+
+def _table(title: str, intro: str, table: str, names: tuple[str, ...], docs: dict[str, str]) -> list[str]:
+    arrow = table_schema(table)
+    pl_schema = table_polars_schema(table)
     lines = [
-        "# Dataset schema",
+        f"## {title}",
         "",
-        "Generated from `tgkit/records.py` by `python -m tgkit.schema_doc > docs/SCHEMA.md`; a test keeps "
-        "it in sync.",
-        "One row per message; unknown values are null, never 0. Dates are `Datetime('us', 'UTC')`.",
+        intro,
         "",
         "| column | Polars type | Arrow type | meaning |",
         "|---|---|---|---|",
     ]
-    for name in MESSAGE_COLUMNS:
-        lines.append(f"| `{name}` | `{pl_schema[name]}` | `{arrow.field(name).type}` | {COLUMN_DOCS[name]} |")
-    return "\n".join(lines) + "\n"
+    for name in names:
+        lines.append(f"| `{name}` | `{pl_schema[name]}` | `{arrow.field(name).type}` | {docs[name]} |")
+    return [*lines, ""]
+
+
+def render() -> str:
+    lines = [
+        "# Dataset schema",
+        "",
+        "Generated from `tgkit/records.py` and `tgkit/schema_doc.py` by "
+        "`python -m tgkit.schema_doc > docs/SCHEMA.md`; a test keeps it in sync.",
+        "Unknown values are null, never 0. Dates are `Datetime('us', 'UTC')`.",
+        "",
+        _LAYOUT,
+        *_table(
+            "messages", "One row per message (`OUT/messages/`).", "messages", MESSAGE_COLUMNS, COLUMN_DOCS
+        ),
+        *_table(
+            "peers",
+            "One row per user, channel or group an export saw (`OUT/peers/`): learned from the `users`/`chats` "
+            "every history page carries (no extra request), or from the names in a Telegram Desktop file.",
+            "peers",
+            PEER_COLUMNS,
+            PEER_DOCS,
+        ),
+        *_table("chats", "One row per exported chat (`OUT/chats/`).", "chats", CHAT_COLUMNS, CHAT_DOCS),
+    ]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

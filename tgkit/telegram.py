@@ -437,6 +437,15 @@ class Gateway:
             )
         return await self.call(request, peer=label, takeout=takeout)
 
+    async def full_chat(self, peer: Any, *, label: Any = None) -> Any:
+        """``channels.GetFullChannel`` / ``messages.GetFullChat`` of a channel / basic group (None for a
+        user: the chats table needs nothing more for a private chat)."""
+        if isinstance(peer, types.InputPeerChannel):
+            return await self.call(functions.channels.GetFullChannelRequest(peer), peer=label)
+        if isinstance(peer, types.InputPeerChat):
+            return await self.call(functions.messages.GetFullChatRequest(peer.chat_id), peer=label)
+        return None
+
     async def get_messages(self, peer: Any, ids: Sequence[int], *, label: Any = None) -> list[Any]:
         """Messages ``ids`` of ``peer`` (channels.GetMessages for channels, else messages.GetMessages)."""
         wanted = [types.InputMessageID(i) for i in ids]
