@@ -7,6 +7,7 @@ df = tgkit.open_dataset("data/exports/demo").collect()
 
 from .dataset import open_dataset
 from .desktop import DesktopFormatError, DesktopImportResult, import_desktop
+from .distributed import export_corpus, export_corpus_sync, load_accounts
 from .errors import (
     AuthError,
     CacheError,
@@ -53,9 +54,12 @@ __all__ = [
     "__version__",
     "export_chat",
     "export_chat_sync",
+    "export_corpus",
+    "export_corpus_sync",
     "export_messages",
     "export_messages_sync",
     "import_desktop",
+    "load_accounts",
     "open_dataset",
     "plot_resources",
     "plot_stages",

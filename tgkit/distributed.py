@@ -182,7 +182,8 @@ def load_accounts(path: str | os.PathLike[str]) -> dict[str, Account]:
 
     ``[[accounts]]`` tables: ``name``; ``api_id`` or ``api_id_env``; ``api_hash_env`` (or ``api_hash``);
     ``session`` (a session file) or ``session_env``; optional ``peer_cache``.  An ``offline`` table
-    (top level for every account, or per account) points the account at the offline double instead:
+    (top level for every account; an account's own table refines it) points the account at the
+    offline double instead:
     ``offline = {seed = 7, limits = "profile.json" | {...}, world = {World kwargs},
     add_messages = {"public_*" = 1400}}``.
     """
@@ -206,9 +207,13 @@ def load_accounts(path: str | os.PathLike[str]) -> dict[str, Account]:
         }  # fmt: skip
         if unknown:
             raise ConfigError(f"accounts file {source}: account {name!r} has unknown keys {sorted(unknown)}")
-        offline = entry.get("offline", default_offline)
-        if offline is not None and not isinstance(offline, dict):
-            raise ConfigError(f"account {name!r}: offline must be a table like {{seed = 7}}")
+        offline = entry.get("offline")
+        for table in (default_offline, offline):
+            if table is not None and not isinstance(table, dict):
+                raise ConfigError(f"account {name!r}: offline must be a table like {{seed = 7}}")
+        if default_offline is not None or offline is not None:
+            # an account's own offline table refines the top-level one (e.g. adds faults)
+            offline = {**(default_offline or {}), **(offline or {})}
         acct = Account(
             name=name,
             source=source,
@@ -342,6 +347,26 @@ def _build_world(offline: dict[str, Any]) -> Any:
     return world
 
 
+def _fault_plan(items: list[dict[str, Any]]) -> Any:
+    """``faults = [{kind = "flood_wait", seconds = 3600, request = "messages.GetHistory", nth = 2}]``:
+    each item calls the FaultPlan method named by ``kind`` (flood_wait, rpc_error, disconnect, drop)."""
+    from .offline import FaultPlan
+
+    plan = FaultPlan()
+    for item in items:
+        spec = dict(item)
+        kind = spec.pop("kind", None)
+        if kind not in ("flood_wait", "rpc_error", "disconnect", "drop"):
+            raise ConfigError(f"offline fault kind {kind!r}: use flood_wait, rpc_error, disconnect or drop")
+        if kind == "flood_wait":
+            getattr(plan, kind)(int(spec.pop("seconds")), **spec)
+        elif kind == "rpc_error":
+            getattr(plan, kind)(str(spec.pop("message")), **spec)
+        else:
+            getattr(plan, kind)(**spec)
+    return plan
+
+
 class _AccountRuntime:
     """One account in one worker process: its client (on a private event-loop thread, because a
     Telethon client is bound to the loop it connected on), its pacer, its peer cache, its session lock."""
@@ -376,6 +401,8 @@ class _AccountRuntime:
                 kwargs["account"] = acct.name
             if profile is not None and "limits" in accepted:
                 kwargs["limits"] = profile
+            if acct.offline.get("faults"):
+                kwargs["faults"] = _fault_plan(acct.offline["faults"])
             if acct.session_env or acct.api_hash_env or acct.inline_api_hash:
                 # the double accepts any credentials; tests use this to prove secrets stay put
                 api_hash = os.environ.get(acct.api_hash_env or "", "") if acct.api_hash_env else None
@@ -717,14 +744,15 @@ class _CorpusRun:
             avoid = None
             if status == "parked":
                 self.parked[st.account or ""] = float(res.get("parked_until") or 0)
-                st.attempts -= 1  # a hand-back from a parked account is not a failed attempt
                 until = self._all_parked_until()
-                if until is not None and until - time.time() > self.max_park_wait:
-                    self._fail_everything(pending, ac, st, until)
-                    return
+                if until is not None:
+                    if until - time.time() > self.max_park_wait:
+                        self._fail_everything(pending, ac, st, until)
+                        return
+                    # every account is parked, briefly: wait for the first to come back (no busy loop)
+                    time.sleep(max(0.0, until - time.time()))
             elif status == "account_error":
                 self.dead_accounts.add(st.account or "")
-                st.attempts -= 1
                 if self._all_parked_until() == float("inf"):
                     self._fail_everything(pending, ac, st, float("inf"))
                     return
