@@ -51,6 +51,7 @@ import inspect
 import json
 import os
 import re
+import sys
 import threading
 import time
 import tomllib
@@ -940,6 +941,30 @@ async def export_corpus(
         lock_timeout=lock_timeout,
         export_options=export_options,
     )
+
+
+async def cli_export(args: Any) -> int:
+    """``tgkit export --accounts FILE --chats-file FILE --out DIR [--scheduler ADDRESS]``: exit 0 when
+    every chat is done (or skipped as a duplicate), 3 when some failed (listed one per line)."""
+    if args.accounts is None:
+        raise ConfigError("--chats-file needs --accounts (an accounts file; see docs/DISTRIBUTED.md)")
+    chats: list[str] = read_chats_file(args.chats_file) if args.chats_file is not None else []
+    if args.chat:
+        chats.insert(0, args.chat)
+    if not chats:
+        raise ConfigError("no chats: give --chats-file (one chat per line) or a CHAT")
+    media: Any = [m.strip() for m in args.media.split(",") if m.strip()] or None
+    frame = await export_corpus(
+        args.accounts, chats, args.out, scheduler=args.scheduler, progress="text", resume=not args.no_resume,
+        media=media if media != ["all"] else "all", transcode=args.transcode, takeout=args.takeout,
+        refresh_days=args.refresh_days, limit=args.limit,
+    )  # fmt: skip
+    counts = frame.group_by("status").len().sort("status")
+    print(" ".join(f"{s}={n}" for s, n in counts.iter_rows()) + f"  dataset: {Path(args.out).resolve()}")
+    failed = frame.filter(pl.col("status") == "failed")
+    for row in failed.iter_rows(named=True):
+        print(f"failed: {row['chat']}: {row['error']}", file=sys.stderr)
+    return 3 if failed.height else 0
 
 
 def export_corpus_sync(*args: Any, **kwargs: Any) -> pl.DataFrame:
