@@ -257,3 +257,20 @@ def test_stand_in_pacer_is_per_account_and_paces_at_the_profile_rate():
     assert a is not b and isinstance(a, Pacer)
     limit = a.limits["messages.GetHistory"]
     assert limit.requests / limit.per == pytest.approx(5.0)
+
+
+def test_cli_export_accounts_chats_file(secret_env, tmp_path, capsys):
+    from tgkit.cli import main
+
+    accounts = _accounts_file(tmp_path / "accounts.toml")
+    chats = tmp_path / "chats.txt"
+    chats.write_text("@public_000\n# a comment\n@public_001\n@no_such_chat\n")
+    code = main(
+        ["export", "--accounts", str(accounts), "--chats-file", str(chats), "--out", str(tmp_path / "o")]
+    )
+    out, err = capsys.readouterr()
+    assert code == 3  # some chats failed: distinct exit code, one line each, no traceback
+    assert "failed: @no_such_chat: PeerNotFound" in err and "Traceback" not in err
+    assert "done=2" in out and "failed=1" in out
+    assert "2/3 chats" in err or "3/3 chats" in err  # the progress line: chats done / total per account
+    assert tgkit.open_dataset(tmp_path / "o").collect()["chat_id"].n_unique() == 2
