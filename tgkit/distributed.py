@@ -820,10 +820,14 @@ def _run_corpus(
     root = check_output_dir(out)
     options = dict(export_options)
     if comments:
-        options["comments"] = True  # passed through to export_chat once it supports comments
-    for name in ("client", "chat", "out"):
-        if name in options:
-            raise ConfigError(f"{name}= is set by export_corpus, not an export option")
+        options["comments"] = True
+    from .export import export_chat
+
+    accepted = inspect.signature(export_chat).parameters
+    for name in options:
+        if name in ("client", "chat", "out") or name not in accepted:
+            # fail here, before a cluster starts, not once per chat on every worker
+            raise ConfigError(f"{name}= is not an option of export_chat in this tgkit")
     wait = float(setting("flood_ceiling", max_park_wait, 900.0, float))
 
     seen: dict[str, int] = {}
