@@ -9,6 +9,7 @@ named = tgkit.with_names(tgkit.open_dataset(out), tgkit.open_dataset(out, "peers
 
 from .dataset import open_dataset, with_names
 from .desktop import DesktopImportResult, import_desktop
+from .distributed import export_corpus, export_corpus_sync, load_accounts
 from .errors import (
     AuthError,
     CacheError,
@@ -58,9 +59,12 @@ __all__ = [
     "__version__",
     "export_chat",
     "export_chat_sync",
+    "export_corpus",
+    "export_corpus_sync",
     "export_messages",
     "export_messages_sync",
     "import_desktop",
+    "load_accounts",
     "open_dataset",
     "plot_resources",
     "plot_stages",

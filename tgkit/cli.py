@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         "TGKIT_API_ID, TGKIT_API_HASH (from my.telegram.org) and TGKIT_SESSION (a session "
         "file path). Reruns resume and pick up new messages.",
     )
-    e.add_argument("chat", help="@username, https://t.me/name or a numeric id")
+    e.add_argument("chat", nargs="?", help="@username, https://t.me/name or a numeric id")
     e.add_argument("--out", type=Path, required=True, help="dataset folder")
     e.add_argument(
         "--media", default="", help="comma-separated kinds to download: photo,video,document,... or all"
@@ -65,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--limit", type=int, default=None, help="stop after N new messages")
     e.add_argument("--no-resume", action="store_true", help="start this chat over (drops its exported parts)")
+    e.add_argument(
+        "--accounts", type=Path, help="accounts file (TOML): several accounts on Dask (tgkit[distributed])"
+    )
+    e.add_argument(
+        "--chats-file", type=Path, help="chats to export, one per line (# comments); with --accounts"
+    )
+    e.add_argument(
+        "--scheduler", help="Dask scheduler address (default: a LocalCluster, one worker per account)"
+    )
 
     pr = sub.add_parser(
         "probe",
@@ -263,6 +272,12 @@ async def _export(args: argparse.Namespace) -> int:
     from .config import Settings
     from .export import export_chat
 
+    if args.accounts is not None or args.chats_file is not None:
+        from .distributed import cli_export
+
+        return await cli_export(args)
+    if args.chat is None:
+        raise ConfigError("give a CHAT (or --accounts with --chats-file)")
     settings = Settings.resolve()  # ConfigError naming every missing variable, before anything else
     media: Any = [m.strip() for m in args.media.split(",") if m.strip()] or None
     if media == ["all"]:
