@@ -161,7 +161,7 @@ def _report(args: argparse.Namespace, exc: BaseException, line: str) -> None:
 async def _demo(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from . import Pacer, export_chat, offline, open_dataset
+    from . import Pacer, export_chat, offline, open_dataset, with_names
 
     out = args.out
     print(f"tgkit demo: building the offline demo world (seed {args.seed}) ...")
@@ -211,8 +211,9 @@ async def _demo(args: argparse.Namespace) -> int:
         .collect()
     )
     top = (
-        lf.filter((pl.col("chat_id") == results[1].chat_id) & pl.col("sender_id").is_not_null())
-        .group_by("sender_id")
+        with_names(lf, open_dataset(out, "peers"))  # names come free with the history pages
+        .filter((pl.col("chat_id") == results[1].chat_id) & pl.col("sender_id").is_not_null())
+        .group_by("sender_id", "sender_name", "sender_username")
         .len()
         .sort(["len", "sender_id"], descending=[True, False])
         .head(5)
@@ -225,7 +226,9 @@ async def _demo(args: argparse.Namespace) -> int:
     )
     print("Top senders in the group:")
     for row in top.iter_rows(named=True):
-        print(f"  user {row['sender_id']}: {row['len']} messages")
+        print(
+            f"  {row['sender_name']} (@{row['sender_username']}, id {row['sender_id']}): {row['len']} messages"
+        )
 
     plots: list[Path] = []
     if not args.no_plots:
