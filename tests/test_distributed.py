@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -24,14 +23,22 @@ distributed = pytest.importorskip("distributed", reason="tgkit[distributed] (das
 import tgkit  # noqa: E402
 from tgkit.distributed import _build_world, _local_cluster, load_accounts, read_chats_file  # noqa: E402
 from tgkit.offline import connect_demo  # noqa: E402
-from tgkit.pacing import Pacer  # noqa: E402
+from tgkit.pacing import _parse_state  # noqa: E402
+from tgkit.peers import PeerCache  # noqa: E402
 
 WORLD = {"channel_messages": 400, "group_messages": 250, "public_channels": 6, "media": False}
 GROW = {"public_*": 230}
 CHATS = ["@tgkit_demo", "@tgkit_group", "@public_000", "@public_001", "@public_002", "@public_003"]
 
 
-def _accounts_file(path: Path, *, alice_faults: str = "", refill: float = 0, names=("alice", "bob")) -> Path:
+def _accounts_file(
+    path: Path,
+    *,
+    alice_faults: str = "",
+    refill: float = 0,
+    names=("alice", "bob"),
+    peer_caches: bool = False,
+) -> Path:
     limits = (
         f'limits = {{name = "t", methods = {{"messages.GetHistory" = {{capacity = {refill}, '
         f"refill_per_s = {refill}, escalation = 2}}}}}}\n"
@@ -44,10 +51,31 @@ def _accounts_file(path: Path, *, alice_faults: str = "", refill: float = 0, nam
     for name in names:
         text += f'\n[[accounts]]\nname = "{name}"\napi_hash_env = "{name.upper()}_API_HASH"\n'
         text += f'session_env = "{name.upper()}_SESSION"\n'
+        if peer_caches:
+            text += f'peer_cache = "peers-{name}.msgpack"\n'
         if name == "alice" and alice_faults:
             text += f"offline = {{faults = [{alice_faults}]}}\n"
     path.write_text(text)
     return path
+
+
+def _warm_peer_caches(world, accounts_path: Path, chats) -> None:
+    """Resolve every chat once per account into the account's peer cache (as a previous run would
+    have): the adaptive pacer spends resolveUsername sparingly (a few, then one a minute), which is
+    right on Telegram and would make these tests wait minutes."""
+
+    async def warm(account) -> None:
+        client = await connect_demo(world=world, account=account.name)
+        try:
+            cache = PeerCache(account.peer_cache)
+            for chat in chats:
+                await cache.resolve(client, chat)
+            cache.save()
+        finally:
+            await client.disconnect()
+
+    for account in load_accounts(accounts_path).values():
+        tgkit.run_sync(warm(account))
 
 
 def _session_string() -> str:
@@ -62,10 +90,7 @@ def _session_string() -> str:
 
 @pytest.fixture(scope="module", autouse=True)
 def _close_sync_loop_after_module() -> Iterator[None]:
-    """export_corpus_sync starts this thread's run_sync loop; close it with the module (STYLE #8).
-
-    (A later asyncio.run() in the same thread unsets the current loop but run_sync's runner stays: a
-    sync Telethon call then makes a loop of its own that nobody closes.)"""
+    """export_corpus_sync starts this thread's run_sync loop; close it with the module (STYLE #8)."""
     yield
     from tgkit.jupyter import close_sync_loop
 
@@ -187,12 +212,14 @@ def test_account_parked_by_flood_wait_hands_its_chats_to_the_others(cluster, wor
     _, client, _ = cluster
     # alice's 2nd history request answers FLOOD_WAIT_3600 (above the 900 s ceiling): alice is parked
     faults = '{kind = "flood_wait", seconds = 3600, request = "messages.GetHistory", nth = 2}'
-    accounts = _accounts_file(tmp_path / "accounts.toml", alice_faults=faults)
+    accounts = _accounts_file(tmp_path / "accounts.toml", alice_faults=faults, peer_caches=True)
     chats = [f"@public_00{i}" for i in range(6)]
+    _warm_peer_caches(world, accounts, chats)
     t0 = time.perf_counter()
     frame = tgkit.export_corpus_sync(
-        accounts, chats, tmp_path / "out", client=client, progress=False, peer_cache=False, batch_size=100
-    )
+        accounts, chats, tmp_path / "out", client=client, progress=False, batch_size=100,
+        pacing="adaptive", pacing_dir=tmp_path / "pacing",
+    )  # fmt: skip
     elapsed = time.perf_counter() - t0
     assert frame["status"].to_list() == ["done"] * 6, frame
     assert elapsed < 60  # nobody waited out the hour
@@ -202,10 +229,17 @@ def test_account_parked_by_flood_wait_hands_its_chats_to_the_others(cluster, wor
     assert frame["attempts"].max() >= 2
     ids = [world.resolve_username(c[1:])[1] for c in chats]
     _check_complete(tgkit.open_dataset(tmp_path / "out").collect(), world, ids)
+    # alice's pacer holds the hour's wait; bob's pacer (another process) never saw it
+    state = {p.name: _parse_state(p.read_bytes())[1] for p in (tmp_path / "pacing").iterdir()}
+    assert state["pacing-offline.alice.msgpack"]["messages.GetHistory"]["blocked_for"] > 3000
+    assert "messages.GetHistory" not in state["pacing-offline.bob.msgpack"]
+    assert frame["flood_waits"].sum() == 0  # nobody slept off a wait
 
 
 def test_a_killed_worker_s_chats_are_finished_elsewhere(world, secret_env, tmp_path):
-    accounts_path = _accounts_file(tmp_path / "accounts.toml", refill=5, names=("alice", "bob", "carol"))
+    accounts_path = _accounts_file(
+        tmp_path / "accounts.toml", refill=5, names=("alice", "bob", "carol"), peer_caches=True
+    )
     os.environ["CAROL_API_HASH"] = secrets.token_hex(16)
     os.environ["CAROL_SESSION"] = _session_string()
     accounts = load_accounts(accounts_path)
@@ -229,9 +263,10 @@ def test_a_killed_worker_s_chats_are_finished_elsewhere(world, secret_env, tmp_p
         killer = threading.Thread(target=kill_one)
         killer.start()
         chats = [f"@public_00{i}" for i in range(6)] + ["@tgkit_demo", "@tgkit_group"]
+        _warm_peer_caches(world, accounts_path, chats)
         frame = tgkit.export_corpus_sync(
-            accounts_path, chats, tmp_path / "out", client=client, progress=False, peer_cache=False,
-            batch_size=100,
+            accounts_path, chats, tmp_path / "out", client=client, progress=False,
+            batch_size=100, pacing="adaptive", pacing_dir=tmp_path / "pacing",
         )  # fmt: skip
         killer.join()
     finally:
@@ -243,6 +278,16 @@ def test_a_killed_worker_s_chats_are_finished_elsewhere(world, secret_env, tmp_p
     assert frame["status"].to_list() == ["done"] * len(chats), frame
     ids = [world.resolve_username(c[1:])[1] for c in chats]
     _check_complete(tgkit.open_dataset(tmp_path / "out").collect(), world, ids)
+    # Every account paced itself with its own adaptive pacer against its own limiter (capacity 5,
+    # refill 5/s) and saved what it learned under its own name; an account that met a FLOOD_WAIT
+    # learned a lower bound of its server's 5/s.  (The killed process may have died before saving.)
+    assert frame["flood_waits"].sum() >= 1
+    saved = {p.name: _parse_state(p.read_bytes())[1] for p in (tmp_path / "pacing").iterdir()}
+    assert set(saved) <= {f"pacing-offline.{n}.msgpack" for n in ("alice", "bob", "carol")}
+    learned = [m["messages.GetHistory"]["refill"] for m in saved.values() if "messages.GetHistory" in m]
+    assert learned, saved
+    for refill in learned:
+        assert 0 < refill <= 5.0 * 1.05
 
 
 def test_accounts_file_errors_are_clear(tmp_path):
@@ -262,16 +307,6 @@ def test_accounts_file_errors_are_clear(tmp_path):
         load_accounts(tmp_path / "missing.toml")
 
 
-def test_stand_in_pacer_is_per_account_and_paces_at_the_profile_rate():
-    from tgkit.distributed import _stand_in_pacer
-
-    profile = {"methods": {"messages.GetHistory": {"capacity": 5, "refill_per_s": 5, "escalation": 2}}}
-    a, b = _stand_in_pacer(profile), _stand_in_pacer(profile)
-    assert a is not b and isinstance(a, Pacer)
-    limit = a.limits["messages.GetHistory"]
-    assert limit.requests / limit.per == pytest.approx(5.0)
-
-
 def test_cli_export_accounts_chats_file(secret_env, tmp_path, capsys):
     from tgkit.cli import main
 
@@ -279,10 +314,7 @@ def test_cli_export_accounts_chats_file(secret_env, tmp_path, capsys):
     chats = tmp_path / "chats.txt"
     chats.write_text("@public_000\n# a comment\n@public_001\n@no_such_chat\n")
     argv = ["export", "--accounts", str(accounts), "--chats-file", str(chats), "--out", str(tmp_path / "o")]
-    # main() calls asyncio.run(), which leaves its thread without a current event loop: run it in a
-    # thread of its own so that later tests' sync Telethon calls still find the main thread's loop
-    with ThreadPoolExecutor(1) as pool:
-        code = pool.submit(main, argv).result()
+    code = main(argv)  # asyncio.run() in this thread: the next run_sync call sets its loop again
     out, err = capsys.readouterr()
     assert code == 3  # some chats failed: distinct exit code, one line each, no traceback
     assert "failed: @no_such_chat: PeerNotFound" in err and "Traceback" not in err

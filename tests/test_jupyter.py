@@ -110,6 +110,41 @@ def test_close_sync_loop_closes_and_next_call_makes_a_new_loop() -> None:
     assert not second.is_closed()
 
 
+def test_run_sync_restores_its_loop_as_current_after_an_asyncio_run() -> None:
+    """asyncio.run() in a thread unsets the thread's current loop; the next run_sync call must set its
+    own loop again, or Telethon's sync calls (client.disconnect() outside a loop) make a loop of their
+    own that nobody closes (a ResourceWarning) and that is not the client's."""
+    from tgkit.offline import connect_demo
+
+    seen: dict[str, Any] = {}
+
+    def script() -> None:
+        try:
+            client = run_sync(connect_demo())
+            loop = run_sync(_running_loop())
+            asyncio.run(asyncio.sleep(0))  # e.g. tgkit's CLI main() called from the same script
+            assert run_sync(client.is_user_authorized())
+            seen["current"] = asyncio.get_event_loop_policy().get_event_loop()
+            client.disconnect()  # Telethon's sync path: runs on the current loop
+            seen["after"] = asyncio.get_event_loop_policy().get_event_loop()
+            seen["loop"] = loop
+            seen["connected"] = client.is_connected()
+        except BaseException as exc:  # reported to the test thread
+            seen["error"] = exc
+        finally:
+            close_sync_loop()
+
+    thread = threading.Thread(target=script)
+    thread.start()
+    thread.join()
+    if "error" in seen:
+        raise seen["error"]
+    assert seen["current"] is seen["loop"]
+    assert seen["after"] is seen["loop"]  # no second loop was made
+    assert seen["connected"] is False
+    assert seen["loop"].is_closed()
+
+
 def test_run_sync_sees_callers_contextvars_without_leaking_back() -> None:
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
 

@@ -49,6 +49,7 @@ import fnmatch
 import hashlib
 import inspect
 import json
+import logging
 import os
 import re
 import sys
@@ -73,6 +74,8 @@ from .errors import (
 )
 from .jupyter import make_progress, run_sync
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "ACCOUNT_RESOURCE",
     "Account",
@@ -94,6 +97,7 @@ RESULT_SCHEMA = {
     "account": pl.String,  # the account that finished (or last tried) the chat
     "chat_id": pl.Int64,
     "attempts": pl.Int64,
+    "flood_waits": pl.Int64,  # FLOOD_WAITs slept off while exporting the chat (all attempts)
 }
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -309,19 +313,6 @@ def _chat_lock_path(out: Path, chat: Any) -> Path:
 # The worker side: one runtime per account per process
 
 
-def _stand_in_pacer(profile: dict[str, Any]) -> Any:
-    """A fixed per-account pacer at the profile's refill rates (until the adaptive pacer lands)."""
-    from .pacing import Pacer, RateLimit
-
-    limits = {}
-    for method, spec in (profile.get("methods") or {}).items():
-        rate = float(spec.get("refill_per_s") or 0)
-        if rate > 0:
-            n = max(1, round(rate))
-            limits[method] = RateLimit(n, n / rate)
-    return Pacer(limits)
-
-
 def _load_profile(account: Account) -> dict[str, Any] | None:
     limits = (account.offline or {}).get("limits")
     if limits is None or isinstance(limits, dict):
@@ -370,18 +361,35 @@ def _fault_plan(items: list[dict[str, Any]]) -> Any:
 
 class _AccountRuntime:
     """One account in one worker process: its client (on a private event-loop thread, because a
-    Telethon client is bound to the loop it connected on), its pacer, its peer cache, its session lock."""
+    Telethon client is bound to the loop it connected on), its adaptive pacer (learned limits persisted
+    per account), its peer cache, its session lock.  Closed by :func:`_close_account_runtimes` (the
+    worker plugin calls it when the worker closes)."""
 
-    def __init__(self, account: Account, *, lock_timeout: float) -> None:
+    def __init__(
+        self,
+        account: Account,
+        *,
+        lock_timeout: float,
+        pacing_dir: str | None = None,
+        pacing: str | None = None,
+        flood_ceiling: float | None = None,
+    ) -> None:
+        from .pacing import Pacer
+
         self.account = account
         self.lock_timeout = lock_timeout
+        # One pacer per account for the life of this process, shared by every chat it exports; its
+        # learned limits are read from and saved to pacing_dir (default: the cache dir).  Other accounts
+        # live in other processes, so one account's flood waits never touch another's pacer.
+        self.pacer = Pacer.for_account(
+            _pacer_account(account), state_dir=pacing_dir, mode=pacing, flood_ceiling=flood_ceiling
+        )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name=f"tgkit-account-{account.name}", daemon=True
         )
         self.thread.start()
         self.client: Any = None
-        self.pacer: Any = None
         self.peer_cache: Any = None
         self.parked_until = 0.0  # time.time() until which a FloodWaitTooLong parks this account
         self.park_reason = ""
@@ -395,33 +403,31 @@ class _AccountRuntime:
         if acct.offline is not None:
             from .offline import connect_demo
 
-            profile = _load_profile(acct)
-            accepted = inspect.signature(connect_demo).parameters
-            kwargs: dict[str, Any] = {"world": _build_world(acct.offline)}
-            if "account" in accepted:
-                kwargs["account"] = acct.name
-            if profile is not None and "limits" in accepted:
-                kwargs["limits"] = profile
+            kwargs: dict[str, Any] = {}
             if acct.offline.get("faults"):
                 kwargs["faults"] = _fault_plan(acct.offline["faults"])
-            if acct.session_env or acct.api_hash_env or acct.inline_api_hash:
+            if acct.api_hash_env and os.environ.get(acct.api_hash_env):
                 # the double accepts any credentials; tests use this to prove secrets stay put
-                api_hash = os.environ.get(acct.api_hash_env or "", "") if acct.api_hash_env else None
-                if api_hash:
-                    kwargs["api_hash"] = api_hash
-                if acct.session_env:
-                    kwargs["session"] = _env(acct.session_env, acct.name)
+                kwargs["api_hash"] = os.environ[acct.api_hash_env]
+            if acct.session_env:
+                kwargs["session"] = _env(acct.session_env, acct.name)
             if acct.session is not None:
                 from telethon.sessions import SQLiteSession
 
                 self._lock_session(acct.session)
                 kwargs["session"] = SQLiteSession(str(acct.session))
-            self.client = await connect_demo(**kwargs)
-            self.pacer = _stand_in_pacer(profile) if profile is not None else None
+            world = _build_world(acct.offline)
+            try:
+                world.account(acct.name)  # the double's user names are stricter than the file's
+            except ValueError as exc:
+                raise ConfigError(f"offline account {acct.name!r}: {exc}") from exc
+            # the double's limiter (one per account, on this account's server) is what Telegram's
+            # per-account limits are on a real account: the pacer has to find it
+            self.client = await connect_demo(
+                world=world, account=acct.name, limits=_load_profile(acct), **kwargs
+            )
             return
         from telethon import TelegramClient
-
-        from .pacing import Pacer
 
         api_id, api_hash, session = acct.credentials()
         if isinstance(session, str):
@@ -436,11 +442,6 @@ class _AccountRuntime:
                 "`tgkit export` in a terminal (workers never prompt for a code)"
             )
         self.client = client
-        # per-account learned limits once the adaptive pacer takes an account name; defaults until then
-        extra: dict[str, Any] = (
-            {"account": acct.name} if "account" in inspect.signature(Pacer).parameters else {}
-        )
-        self.pacer = Pacer(**extra)
 
     def _lock_session(self, session: Path) -> None:
         if self.session_lock is not None:
@@ -456,7 +457,8 @@ class _AccountRuntime:
             ) from exc
         self.session_lock = lock
 
-    async def export(self, chat: Any, out: Path, options: dict[str, Any]) -> Any:
+    async def export(self, chat: Any, out: Path, options: dict[str, Any]) -> tuple[Any, int]:
+        """Export one chat; returns (ExportResult, flood waits during this chat)."""
         from .export import export_chat
 
         if self.client is None:
@@ -465,8 +467,7 @@ class _AccountRuntime:
             await self.client.connect()
         opts = dict(options)
         opts.setdefault("progress", False)
-        if self.pacer is not None:
-            opts.setdefault("pacer", self.pacer)
+        opts["pacer"] = self.pacer
         if "peer_cache" not in opts:
             # access hashes are per account: one cache file per account
             if self.peer_cache is None:
@@ -474,16 +475,53 @@ class _AccountRuntime:
                 from .peers import PeerCache
 
                 self.peer_cache = PeerCache(
-                    self.account.peer_cache or cache_dir() / f"peers-{self.account.name}.msgpack"
+                    self.account.peer_cache or cache_dir() / f"peers-{_pacer_account(self.account)}.msgpack"
                 )
             opts["peer_cache"] = self.peer_cache
+        before = self.pacer.flood_waits  # the pacer counts for the account (all chats)
         try:
-            return await export_chat(self.client, chat, out, **opts)
+            result = await export_chat(self.client, chat, out, **opts)
         finally:
-            save = getattr(self.pacer, "save", None)
-            if callable(save):
-                with contextlib.suppress(Exception):
-                    save()
+            self._save_pacer()
+        return result, self.pacer.flood_waits - before
+
+    def _save_pacer(self) -> None:
+        try:
+            self.pacer.save()
+        except OSError as exc:  # the export itself is committed; only the learned limits are lost
+            logger.warning("account %s: could not save the pacer's state: %s", self.account.name, exc)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Disconnect the client, save the pacer, stop the loop thread, release the session lock."""
+        try:
+            if self.client is not None and self.loop.is_running():
+                fut = asyncio.run_coroutine_threadsafe(_disconnect(self.client), self.loop)
+                try:
+                    fut.result(timeout)
+                except Exception as exc:  # closing anyway: the process is going away
+                    logger.warning("account %s: disconnect failed: %s", self.account.name, exc)
+            self._save_pacer()
+        finally:
+            if self.loop.is_running():
+                self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout)
+            if not self.loop.is_running() and not self.loop.is_closed():
+                self.loop.close()
+            if self.session_lock is not None:
+                self.session_lock.release()
+                self.session_lock = None
+            self.client = None
+
+
+async def _disconnect(client: Any) -> None:
+    # on the client's own loop (Telethon's disconnect() is only a coroutine-like there)
+    await client.disconnect()
+
+
+def _pacer_account(account: Account) -> str:
+    """The key of an account's learned limits (and default peer cache): its name; ``offline.NAME`` for
+    an account on the offline double, so a simulated profile's limits never reach a real account."""
+    return f"offline.{account.name}" if account.offline is not None else account.name
 
 
 _RUNTIMES: dict[tuple[str, str], _AccountRuntime] = {}
@@ -504,7 +542,7 @@ def _worker_account() -> str:
     return names[0]
 
 
-def _runtime(accounts_file: str, name: str, lock_timeout: float) -> _AccountRuntime:
+def _runtime(accounts_file: str, name: str, settings: dict[str, Any]) -> _AccountRuntime:
     with _RUNTIMES_LOCK:
         key = (accounts_file, name)
         rt = _RUNTIMES.get(key)
@@ -512,8 +550,24 @@ def _runtime(accounts_file: str, name: str, lock_timeout: float) -> _AccountRunt
             accounts = load_accounts(accounts_file)
             if name not in accounts:
                 raise ConfigError(f"this worker hosts account {name!r}, which {accounts_file} does not list")
-            rt = _RUNTIMES[key] = _AccountRuntime(accounts[name], lock_timeout=lock_timeout)
+            rt = _RUNTIMES[key] = _AccountRuntime(
+                accounts[name],
+                lock_timeout=settings["lock_timeout"],
+                pacing_dir=settings.get("pacing_dir"),
+                pacing=settings.get("pacing"),
+                flood_ceiling=settings.get("flood_ceiling"),
+            )
         return rt
+
+
+def _close_account_runtimes() -> None:
+    """Close every account runtime of this process (client, loop thread, session lock).  The worker
+    plugin calls it when a Dask worker closes; harmless when there is none."""
+    with _RUNTIMES_LOCK:
+        runtimes = list(_RUNTIMES.values())
+        _RUNTIMES.clear()
+    for rt in runtimes:
+        rt.close()
 
 
 def _is_chat_specific(exc: BaseException) -> bool:
@@ -529,7 +583,7 @@ def _export_task(accounts_file: str, chat: str, out: str, options: dict[str, Any
     try:
         name = _worker_account()
         row["account"] = name
-        rt = _runtime(accounts_file, name, settings["lock_timeout"])
+        rt = _runtime(accounts_file, name, settings)
     except TgkitError as exc:
         row.update(status="account_error", error=f"{type(exc).__name__}: {exc}")
         return row
@@ -545,10 +599,10 @@ def _export_task(accounts_file: str, chat: str, out: str, options: dict[str, Any
         row.update(status="retry", error=str(exc), seconds=time.perf_counter() - started)
         return row
     try:
-        result = rt.run(rt.export(chat, Path(out), options))
+        result, flood_waits = rt.run(rt.export(chat, Path(out), options))
         row.update(
             status="done", rows=result.total_rows, new_rows=result.messages, chat_id=result.chat_id,
-            pages=result.pages, flood_waits=result.flood_waits,
+            pages=result.pages, flood_waits=flood_waits,
         )  # fmt: skip
     except FloodWaitTooLong as exc:
         rt.parked_until = time.time() + float(exc.seconds)
@@ -574,8 +628,6 @@ def _export_task(accounts_file: str, chat: str, out: str, options: dict[str, Any
 
 def _local_cluster(accounts: Iterable[Account], *, dashboard: bool) -> Any:
     """A LocalCluster of worker processes (one Nanny-managed process per account, one thread each)."""
-    import logging
-
     distributed = _need_dask()
     workers = {
         f"tgkit-{a.name}": {
@@ -621,6 +673,7 @@ class _ChatState:
     attempts: int = 0
     retries: int = 0
     seconds: float = 0.0
+    flood_waits: int = 0
     account: str | None = None
     last_error: str | None = None
 
@@ -638,7 +691,7 @@ class _CorpusRun:
         *,
         retries: int,
         max_park_wait: float,
-        lock_timeout: float,
+        settings: dict[str, Any],
         progress: Any,
     ) -> None:
         self.dask = dask
@@ -647,7 +700,7 @@ class _CorpusRun:
         self.options = options
         self.retries = retries
         self.max_park_wait = max_park_wait
-        self.settings = {"lock_timeout": lock_timeout}
+        self.settings = settings  # for the worker: lock_timeout, pacing_dir, flood_ceiling (no secret)
         self.rows: dict[int, dict[str, Any]] = {}
         self.parked: dict[str, float] = {}
         self.dead_accounts: set[str] = set()
@@ -683,6 +736,7 @@ class _CorpusRun:
             "chat": st.chat, "status": status, "rows": extra.get("rows"), "seconds": st.seconds,
             "error": extra.get("error", st.last_error if status == "failed" else None),
             "account": st.account, "chat_id": extra.get("chat_id"), "attempts": st.attempts,
+            "flood_waits": st.flood_waits,
         }  # fmt: skip
         self.rows[st.index] = row
         if status == "done" and st.account:
@@ -732,6 +786,7 @@ class _CorpusRun:
             finally:
                 fut.release()
             st.seconds += float(res.get("seconds") or 0.0)
+            st.flood_waits += int(res.get("flood_waits") or 0)
             st.account = res.get("account") or st.account
             status = res["status"]
             if status == "done":
@@ -809,6 +864,8 @@ def _run_corpus(
     retries: int,
     max_park_wait: float | None,
     lock_timeout: float,
+    pacing_dir: str | os.PathLike[str] | None,
+    pacing: str | None,
     export_options: dict[str, Any],
 ) -> pl.DataFrame:
     from .dataset import ChatPartition, check_output_dir, update_manifest
@@ -825,10 +882,26 @@ def _run_corpus(
 
     accepted = inspect.signature(export_chat).parameters
     for name in options:
+        if name == "pacer":
+            raise ConfigError(
+                "pacer= cannot be given to export_corpus: every account keeps its own adaptive pacer on "
+                "its worker (pacing_dir= says where their learned limits are kept)"
+            )
         if name in ("client", "chat", "out") or name not in accepted:
-            # fail here, before a cluster starts, not once per chat on every worker
+            # user input checked here, before a cluster starts, not once per chat on every worker
             raise ConfigError(f"{name}= is not an option of export_chat in this tgkit")
-    wait = float(setting("flood_ceiling", max_park_wait, 900.0, float))
+    ceiling = options.pop("flood_ceiling", None)  # goes to each account's pacer
+    settings: dict[str, Any] = {
+        "lock_timeout": lock_timeout,
+        # None: each worker's cache dir (TGKIT_CACHE_DIR there), read when its account first works
+        "pacing_dir": str(Path(pacing_dir).expanduser().resolve()) if pacing_dir is not None else None,
+        "flood_ceiling": float(ceiling) if ceiling is not None else None,
+        # one mode for every account of the run: the driver's argument or TGKIT_PACING, read now
+        "pacing": _pacing_mode(pacing),
+    }
+    wait = float(
+        setting("flood_ceiling", max_park_wait if max_park_wait is not None else ceiling, 900.0, float)
+    )
 
     seen: dict[str, int] = {}
     unique: list[str] = []
@@ -863,12 +936,16 @@ def _run_corpus(
                 "no Dask worker hosts an account: start workers with "
                 '`dask worker ADDRESS --nworkers 1 --nthreads 1 --resources "account=1,account:NAME=1"`'
             )
+        # every worker closes its accounts (client, session lock) when it closes: a prompt shutdown
+        from ._dask import AccountTeardown
+
+        dask.register_plugin(AccountTeardown())
         unknown = sorted(set(hosts) - set(known))
         if unknown:
             raise ConfigError(f"workers host accounts that {accounts_file} does not list: {unknown}")
         run = _CorpusRun(
             dask, accounts_file, unique, root, options, retries=retries, max_park_wait=wait,
-            lock_timeout=lock_timeout, progress=progress,
+            settings=settings, progress=progress,
         )  # fmt: skip
         run.run()
         frame = run.frame()
@@ -888,11 +965,18 @@ def _run_corpus(
     if skipped:
         extra = pl.DataFrame(
             [{"chat": c, "status": "skipped", "rows": None, "seconds": 0.0,
-              "error": "listed twice", "account": None, "chat_id": None, "attempts": 0} for c in skipped],
+              "error": "listed twice", "account": None, "chat_id": None, "attempts": 0, "flood_waits": 0}
+             for c in skipped],
             schema=RESULT_SCHEMA, orient="row",
         )  # fmt: skip
         frame = pl.concat([frame, extra])
     return frame
+
+
+def _pacing_mode(pacing: str | None) -> str:
+    from .pacing import _mode
+
+    return _mode(pacing)
 
 
 def _dashboard_link(dask: Any) -> str | None:
@@ -921,6 +1005,8 @@ async def export_corpus(
     retries: int = 2,
     max_park_wait: float | None = None,
     lock_timeout: float = 600.0,
+    pacing_dir: str | os.PathLike[str] | None = None,
+    pacing: str | None = None,
     **export_options: Any,
 ) -> pl.DataFrame:
     """Export ``chats`` into the dataset ``out`` with every account of the ``accounts`` file, on Dask.
@@ -928,8 +1014,15 @@ async def export_corpus(
     ``client``: a ``distributed.Client`` to use; else ``scheduler`` (an address such as
     ``tcp://host:8786``); else a LocalCluster with one worker process per account.  ``chats``: a list,
     or a chats file (one per line, ``#`` comments).  ``export_options`` go to every
-    :func:`tgkit.export_chat`.  Returns one row per chat: chat, status (``done``/``failed``/``skipped``),
-    rows (committed for the chat), seconds, error, account, chat_id, attempts.
+    :func:`tgkit.export_chat` (except ``pacer``: every account paces itself, see below).  Returns one
+    row per chat: chat, status (``done``/``failed``/``skipped``), rows (committed for the chat), seconds,
+    error, account, chat_id, attempts, flood_waits.
+
+    Each account's worker keeps ONE adaptive pacer (``Pacer.for_account``) for its whole life, shared by
+    every chat it exports and saved after each chat: its learned limits are kept in ``pacing_dir``
+    (default: the worker's cache dir, ``TGKIT_CACHE_DIR``; a shared folder lets a replacement worker on
+    another machine start from them).  ``pacing`` (``adaptive``/``fixed``/``off``; default
+    ``TGKIT_PACING`` as the caller sees it) and ``flood_ceiling`` (an export option) go to every pacer.
     """
     return await asyncio.to_thread(
         _run_corpus,
@@ -943,6 +1036,8 @@ async def export_corpus(
         retries=retries,
         max_park_wait=max_park_wait,
         lock_timeout=lock_timeout,
+        pacing_dir=pacing_dir,
+        pacing=pacing,
         export_options=export_options,
     )
 

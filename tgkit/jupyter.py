@@ -94,7 +94,8 @@ def run_sync(aw: Awaitable[T]) -> T:
     * No running loop (a script): the awaitable runs on ONE persistent event loop per thread, created
       on first use and kept open (an :class:`asyncio.Runner`), because a Telethon client is bound to the
       loop it connected on: ``connect_sync()`` then ``export_chat_sync()`` on the same client must see
-      the same loop. The loop is also the thread's current loop (``asyncio.get_event_loop()``). Each
+      the same loop. The loop is also made the thread's current loop (``asyncio.get_event_loop()``,
+      which Telethon's sync calls use) on every call, even after an :func:`asyncio.run` unset it. Each
       call gets a fresh copy of the caller's contextvars, as with :func:`asyncio.run`. The loop is
       closed by :func:`close_sync_loop`, at interpreter exit (main thread) or when its thread ends.
       Do not mix: a client connected via ``run_sync`` cannot later be used under ``asyncio.run``.
@@ -110,7 +111,13 @@ def run_sync(aw: Awaitable[T]) -> T:
     except RuntimeError:
         loop = None
     if loop is None:
-        return _thread_runner().run(_as_coroutine(aw), context=contextvars.copy_context())
+        runner = _thread_runner()
+        # Make the runner's loop this thread's current loop on EVERY call: an asyncio.run() in this
+        # thread since the last call left the thread without one, and Telethon's sync paths (the
+        # ``telethon.sync`` wrappers, ``client.disconnect()``, ``client.loop``) use the current loop,
+        # else create a loop of their own that nobody closes (and that is not the client's).
+        asyncio.set_event_loop(runner.get_loop())
+        return runner.run(_as_coroutine(aw), context=contextvars.copy_context())
     _ensure_nested(loop)
     return loop.run_until_complete(aw)
 
