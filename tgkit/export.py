@@ -423,8 +423,8 @@ class _ExportRun:
         with contextlib.suppress(OSError):
             self.pacer.save()  # what it learned of the account's limits (a no-op without a state file)
         result.seconds = self.bar.stop()  # the progress's clock: its final line and this repr agree
-        result.flood_waits = self.pacer.flood_waits
-        result.flood_wait_seconds = self.pacer.flood_wait_s
+        result.flood_waits = self.gateway.flood_waits  # this run's, not the shared pacer's totals
+        result.flood_wait_seconds = self.gateway.flood_wait_s
         result.api_calls = self.gateway.api_calls
         result.reconnects = self.gateway.reconnects
         collector.set_api_calls(result.api_calls)

@@ -281,6 +281,8 @@ class Gateway:
         self.backoff = backoff
         self.calls: Counter[str] = Counter()
         self.reconnects = 0
+        self.flood_waits = 0  # FLOOD_WAITs slept off for this gateway's requests
+        self.flood_wait_s = 0.0
         self._reconnect_lock = asyncio.Lock()
         self._entered = 0
         self._takeout: Any = None
@@ -376,6 +378,9 @@ class Gateway:
             peer=peer,
             on_wait=lambda s, n: self.progress.countdown(s, f"FLOOD_WAIT on {n}"),
         )
+        # this gateway's own waits: the pacer is shared by every export on the client, its totals are not
+        self.flood_waits += 1
+        self.flood_wait_s += float(exc.seconds)
         self.metrics.stop("flood_wait", t0)
 
     async def _recover(self, failures: int) -> None:
