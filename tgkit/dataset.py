@@ -32,6 +32,7 @@ committed by its new checkpoint (see :func:`upgrade`).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import json
@@ -129,7 +130,15 @@ def _read_json_state(path: Path, what: str) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class Checkpoint:
-    """Where an export of one chat stands: the last committed message id and the committed files."""
+    """Where an export of one chat stands: the committed files, and which message ids are complete.
+
+    ``ranges`` are sorted, disjoint, closed id intervals ``[lo, hi]`` whose every message (that exists
+    on Telegram) is committed: what history runs fetched, so a later run fetches only the gaps.  Rows
+    outside them are comments fetched through a channel (``threads``: channel post id ->
+    ``[replies seen, largest comment id, id of the post's copy here]``).  A checkpoint written before
+    ranges existed (only ``last_id``) means ``[[1, last_id]]``: every run then started at the first
+    message.  ``ordered`` is False once a part was written below an earlier one (a backfill, comments):
+    readers then sort the chat's rows by id."""
 
     chat_id: int
     last_id: int = 0
@@ -142,6 +151,14 @@ class Checkpoint:
     first_id: int = 0  # smallest committed message id (0: none yet)
     peers_file: str | None = None  # this chat's file under peers/
     chat_file: str | None = None  # this chat's file under chats/
+    ranges: list[list[int]] = field(default_factory=list)  # complete id intervals [lo, hi], sorted
+    threads: dict[int, list[int]] = field(default_factory=dict)  # post -> [replies, max comment id, copy id]
+    ordered: bool = True  # parts in id order, none overlapping (else readers sort)
+
+    def covers(self, msg_id: int) -> bool:
+        """Whether ``msg_id`` lies in a complete range."""
+        i = bisect.bisect_right(self.ranges, [msg_id, _INF]) - 1
+        return i >= 0 and self.ranges[i][0] <= msg_id <= self.ranges[i][1]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -149,6 +166,8 @@ class Checkpoint:
             "last_id": self.last_id, "parts": list(self.parts), "rows": self.rows, "peer": self.peer,
             "title": self.title, "updated_at": self.updated_at, "refreshed_until": self.refreshed_until,
             "first_id": self.first_id, "peers_file": self.peers_file, "chat_file": self.chat_file,
+            "ranges": [list(r) for r in self.ranges],
+            "threads": {str(k): list(v) for k, v in sorted(self.threads.items())}, "ordered": self.ordered,
         }  # fmt: skip
 
     @classmethod
@@ -169,11 +188,78 @@ class Checkpoint:
                 first_id=_int(data.get("first_id") or 0),
                 peers_file=_side_name(data.get("peers_file")), chat_file=_side_name(data.get("chat_file")),
             )  # fmt: skip
+            if "ranges" in data:
+                cp.ranges = _ranges(data["ranges"])
+            elif cp.last_id:  # written before ranges: every run started at the first message
+                cp.ranges = [[1, cp.last_id]]
+            cp.threads = _threads(data.get("threads") or {})
+            ordered = data.get("ordered", True)
+            if not isinstance(ordered, bool):
+                raise TypeError("ordered must be a boolean")
+            cp.ordered = ordered
         except (KeyError, TypeError, ValueError) as exc:
             raise CacheError(f"{source} is malformed: {exc}") from exc
         if cp.last_id < 0 or cp.rows < 0:
             raise CacheError(f"{source} is malformed: negative counts")
         return cp
+
+
+_INF = 1 << 62
+
+
+def _ranges(v: Any) -> list[list[int]]:
+    """Validated complete ranges: sorted, disjoint, non-adjacent ``[lo, hi]`` with ``1 <= lo <= hi``."""
+    if not isinstance(v, list):
+        raise TypeError("ranges must be a list")
+    out: list[list[int]] = []
+    for r in v:
+        if not isinstance(r, list) or len(r) != 2:
+            raise ValueError(f"bad id range {r!r}")
+        lo, hi = _int(r[0]), _int(r[1])
+        if lo < 1 or hi < lo or (out and lo <= out[-1][1] + 1):
+            raise ValueError(f"id ranges not sorted and disjoint at {r!r}")
+        out.append([lo, hi])
+    return out
+
+
+def _threads(v: Any) -> dict[int, list[int]]:
+    if not isinstance(v, dict):
+        raise TypeError("threads must be an object")
+    out: dict[int, list[int]] = {}
+    for k, t in v.items():
+        if not isinstance(t, list) or len(t) != 3:
+            raise ValueError(f"bad thread entry {k!r}")
+        out[int(k)] = [_int(x) for x in t]
+    return out
+
+
+def add_range(ranges: Sequence[Sequence[int]], lo: int, hi: int) -> list[list[int]]:
+    """``ranges`` with ``[lo, hi]`` added (merged with overlapping and adjacent ones)."""
+    if hi < lo:
+        return [list(r) for r in ranges]
+    out: list[list[int]] = []
+    for a, b in ranges:
+        if b < lo - 1 or a > hi + 1:
+            out.append([a, b])
+        else:
+            lo, hi = min(lo, a), max(hi, b)
+    out.append([lo, hi])
+    out.sort()
+    return out
+
+
+def missing_ranges(ranges: Sequence[Sequence[int]], lo: int) -> list[tuple[int, int | None]]:
+    """The gaps at or above ``lo`` (``(a, b)`` closed, the last ``(a, None)``: up to the newest)."""
+    out: list[tuple[int, int | None]] = []
+    at = lo
+    for a, b in ranges:
+        if b < at:
+            continue
+        if a > at:
+            out.append((at, a - 1))
+        at = max(at, b + 1)
+    out.append((at, None))
+    return out
 
 
 def _int(v: Any) -> int:
@@ -458,10 +544,23 @@ class ChatPartition:
         seq = 1 + max((int(p[5:11]) for p in cp.parts if p[5:11].isdigit()), default=0)
         return f"part-{seq:06d}.parquet"
 
-    def write_part(self, cp: Checkpoint, table: pa.Table, *, last_id: int) -> tuple[Checkpoint, int]:
+    def write_part(
+        self,
+        cp: Checkpoint,
+        table: pa.Table,
+        *,
+        last_id: int,
+        covered: Sequence[tuple[int, int]] | None = None,
+        threads: dict[int, list[int]] | None = None,
+    ) -> tuple[Checkpoint, int]:
         """Write a part and commit it (with the peers and chats rows) in the checkpoint; returns the new
         checkpoint and the bytes written.  ``table`` has the message schema (its ``chat_id`` column is
-        this chat's id and is not stored: the folder name carries it)."""
+        this chat's id and is not stored: the folder name carries it).
+
+        ``covered``: the id ranges this part completes (history pages fetched without a gap); by
+        default ``[(1, last_id)]``, what a writer that always starts at the first message completes
+        (imports).  Comments pass ``covered=()`` and their ``threads`` entries.  The caller guarantees
+        no row's id is already committed."""
         name = self.next_part_name(cp)
         nbytes = self._stage_part(table, name)
         new = _copy(cp)
@@ -471,8 +570,47 @@ class ChatPartition:
         if table.num_rows:
             low = pc.min(table["id"]).as_py()
             new.first_id = min(cp.first_id, low) if cp.first_id else low
+            if cp.parts and low < cp.last_id:
+                new.ordered = False  # below an earlier part: readers sort
+        for lo, hi in [(1, last_id)] if covered is None else covered:
+            new.ranges = add_range(new.ranges, lo, hi)
+        if threads:
+            new.threads.update(threads)
         new.updated_at = time.time()
         return self._commit_with_tables(new), nbytes
+
+    def mark_complete(
+        self,
+        cp: Checkpoint,
+        covered: Sequence[tuple[int, int]] = (),
+        *,
+        threads: dict[int, list[int]] | None = None,
+    ) -> Checkpoint:
+        """Commit complete id ranges (or comment threads) that brought no rows (every message in them
+        deleted or already committed), with the peers and chats rows."""
+        new = _copy(cp)
+        for lo, hi in covered:
+            new.ranges = add_range(new.ranges, lo, hi)
+            new.last_id = max(new.last_id, hi)
+        if threads:
+            new.threads.update(threads)
+        new.updated_at = time.time()
+        return self._commit_with_tables(new)
+
+    def set_run(self, *, status: str | None, since: int | None, until: int | None) -> None:
+        """The chats row's ``status`` and window (``since``/``until``, epoch seconds; None clears)."""
+        for key, value in (("status", status), ("since", since), ("until", until)):
+            if value is None:
+                self._chat.pop(key, None)
+            else:
+                self._chat[key] = value
+
+    def committed_ids(self, cp: Checkpoint, *, outside_ranges: bool = False) -> set[int]:
+        """Ids of the committed rows (only those outside the complete ranges: comments)."""
+        if not cp.parts:
+            return set()
+        ids = pl.read_parquet([str(self.dir / p) for p in cp.parts], columns=["id"])["id"].to_list()
+        return {i for i in ids if not cp.covers(i)} if outside_ranges else set(ids)
 
     def replace_parts(self, cp: Checkpoint, table: pa.Table, *, last_id: int) -> tuple[Checkpoint, int]:
         """Compact: write ``table`` as one new part that replaces every committed part (refresh runs).
@@ -483,6 +621,7 @@ class ChatPartition:
         new = _copy(cp)
         new.parts, new.rows, new.last_id = [name], table.num_rows, max(cp.last_id, last_id)
         new.first_id = pc.min(table["id"]).as_py() if table.num_rows else 0
+        new.ordered = True  # the caller hands the rows sorted by id
         new.updated_at = time.time()
         return self._commit_with_tables(new, [self.dir / p for p in cp.parts]), nbytes
 
@@ -516,6 +655,8 @@ class ChatPartition:
         if not parts:
             return pl.DataFrame(schema=polars_schema())
         df = pl.read_parquet([str(self.dir / p) for p in parts])
+        if name is None and not cp.ordered:
+            df = df.sort("id")
         return df.with_columns(chat_id=pl.lit(self.chat_id, pl.Int64)).select(MESSAGE_COLUMNS)
 
     def failed_media(self, cp: Checkpoint, kinds: Sequence[str]) -> Iterator[tuple[str, list[int]]]:
@@ -586,7 +727,9 @@ class ChatPartition:
 
 def _copy(cp: Checkpoint) -> Checkpoint:
     return Checkpoint(cp.chat_id, cp.last_id, list(cp.parts), cp.rows, cp.peer, cp.title, cp.updated_at,
-                      cp.refreshed_until, cp.first_id, cp.peers_file, cp.chat_file)  # fmt: skip
+                      cp.refreshed_until, cp.first_id, cp.peers_file, cp.chat_file,
+                      [list(r) for r in cp.ranges], {k: list(v) for k, v in cp.threads.items()},
+                      cp.ordered)  # fmt: skip
 
 
 def _remove(path: Path) -> None:
@@ -767,7 +910,8 @@ def _upgrade_chat(root: Path, chat_id: int, info: dict[str, Any], step: Callable
                     first_id = min(first_id, low) if first_id else low
                 step("part")
             cp = Checkpoint(chat_id, old.last_id, list(old.parts), old.rows, old.peer, old.title,
-                            old.updated_at, old.refreshed_until, first_id)  # fmt: skip
+                            old.updated_at, old.refreshed_until, first_id,
+                            ranges=old.ranges)  # fmt: skip
             part.set_chat(title=old.title, type=info.get("type"), media_root=info.get("media_root"),
                           source=info.get("source"))  # fmt: skip
             part.manifest_extra = {k: v for k, v in info.items() if k not in ("dir",)}
@@ -848,14 +992,34 @@ def _legacy_chat_row(cp: Checkpoint, root: Path) -> tuple:
 
 
 def _open_messages(cps: list[tuple[Checkpoint, Path, bool]]) -> pl.LazyFrame:
-    current = [str(d / p) for cp, d, legacy in cps if not legacy for p in cp.parts]
-    frames = []
-    if current:
-        frames.append(
-            pl.scan_parquet(current, hive_partitioning=True, hive_schema={"chat_id": pl.Int64}).select(
-                MESSAGE_COLUMNS
-            )
+    def scan(files: list[str]) -> pl.LazyFrame:
+        return pl.scan_parquet(files, hive_partitioning=True, hive_schema={"chat_id": pl.Int64}).select(
+            MESSAGE_COLUMNS
         )
+
+    frames = []
+    if all(cp.ordered for cp, _, legacy in cps if not legacy):
+        current = [str(d / p) for cp, d, legacy in cps if not legacy for p in cp.parts]
+        if current:
+            frames.append(scan(current))
+    else:
+        # a chat whose parts are not in id order (a backfill, comments) is sorted on its own; runs of
+        # ordered chats stay one scan
+        run: list[str] = []
+        for cp, d, legacy in cps:
+            if legacy or not cp.parts:
+                continue
+            if cp.ordered:
+                run.extend(str(d / p) for p in cp.parts)
+                continue
+            if run:
+                frames.append(scan(run))
+                run = []
+            frames.append(scan([str(d / p) for p in cp.parts]).sort("id"))
+        if run:
+            frames.append(scan(run))
+        if len(frames) > 1:
+            frames = [pl.concat(frames)]
     old = [str(d / p) for cp, d, legacy in cps if legacy for p in cp.parts]
     if old:
         frames.append(pl.scan_parquet(old, hive_partitioning=False).select(MESSAGE_COLUMNS))

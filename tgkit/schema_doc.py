@@ -12,7 +12,7 @@ __all__ = ["CHAT_DOCS", "COLUMN_DOCS", "PEER_DOCS", "render"]
 
 COLUMN_DOCS: dict[str, str] = {
     "chat_id": "Telegram's bare (unmarked) id of the chat: channel/supergroup id, basic group id or user id.",
-    "id": "Message id, unique within the chat; rows are ordered by it.",
+    "id": "Message id, unique within the chat; rows are ordered by it (`open_dataset` returns each chat in id order).",
     "date": "When the message was sent (UTC).",
     "sender_id": "Bare id of the sender; for channel posts without a signature, the channel itself.",
     "sender_kind": "`user`, `channel` or `chat`.",
@@ -101,9 +101,12 @@ CHAT_DOCS: dict[str, str] = {
     "media_root": "Folder that `media_path` is relative to, for Desktop imports (the export folder); "
     "null for API exports (relative to the dataset).",
     "refreshed_until": "Date up to which a refresh run re-read the messages (UTC); null if never refreshed.",
-    "status": "Reserved for corpus runs (#16): outcome of the last run of this chat; null until then.",
-    "since": "Reserved for corpus runs (#16): start of the exported date window; null = from the start.",
-    "until": "Reserved for corpus runs (#16): end of the exported date window; null = up to now.",
+    "status": "Outcome of the last export of this chat: `done` (every message of its window committed), "
+    "`partial` (stopped by `limit`, an error or an interrupt: a rerun continues), `comments` (a discussion "
+    "group that holds only the comments fetched through its channel); null for imports.",
+    "since": "Start of the last export's date window (UTC, inclusive); null = from the first message. "
+    "Which ids are complete is in the chat's checkpoint (`ranges`).",
+    "until": "End of the last export's date window (UTC, exclusive); null = up to the newest message.",
 }
 
 _LAYOUT = """\
@@ -114,7 +117,8 @@ OUT/messages/chat_id=<id>/part-NNNNNN.parquet   messages; the hive key chat_id i
 OUT/peers/c<chat_id>-NNNNNN.parquet             peers seen by the export of <chat_id> (one row per peer)
 OUT/chats/c<chat_id>-NNNNNN.parquet             one row: the chat <chat_id>
 OUT/_manifest.json                              summary per chat; tables and their columns
-OUT/_state/chat_id=<id>/checkpoint.json         commit point of a chat: its parts, peers and chats files
+OUT/_state/chat_id=<id>/checkpoint.json         commit point of a chat: its parts, peers and chats files,
+                                                the complete id ranges, the comment threads fetched
 OUT/_state/tmp/  OUT/_state/lock                files being written; lock for the manifest and upgrades
 OUT/_media/  OUT/_metrics/  OUT/_plots/         downloaded files, metrics, plots
 ```
@@ -145,6 +149,36 @@ view); `tgkit.open_dataset(OUT, "peers")` keeps one row per `(kind, id)`: the la
 earliest `first_seen`. The same in SQL:
 `select * from read_parquet('OUT/peers/*.parquet') qualify row_number() over (partition by kind, id order by last_seen desc) = 1`.
 `tgkit.with_names(messages, peers)` adds `sender_name`, `sender_username`, `fwd_peer_name`, `fwd_from`.
+
+Rows are in id order within a part. Parts are in id order unless a later run wrote below an earlier one
+(a date window widened to the past, comments): `tgkit.open_dataset` then sorts that chat by `id`; a raw
+reader gets the same rows in file order (`sort("chat_id", "id")` if order matters). An id is never
+written twice within a chat.
+
+The checkpoint (JSON, 0600) records, beside the committed files: `ranges`, sorted disjoint closed id
+intervals `[[lo, hi], ...]` whose every message is committed (a date-windowed export commits the
+window's ids; the next run fetches only the gaps inside its own window); `threads`, for a discussion
+group, `{channel post id: [replies count seen, largest comment id, id of the post's copy in the group]}`
+(a rerun with `comments=True` asks only posts whose `replies` changed, from the largest comment id on);
+`ordered` (false: readers sort). A checkpoint written before ranges existed (only `last_id`) means
+`[[1, last_id]]`; a malformed `ranges` or `threads` is a `CacheError`, and the file is left as it is.
+
+Comments (`export_chat(channel, out, comments=True)`) are messages of the channel's discussion group
+(`chat_id` = the channel's `linked_chat_id` in `chats`), together with the group's copy of each commented
+post, exactly as the group's own export would give them. A comment's `thread_id` is the copy's `id`; the
+copy's `fwd_post_id` is the channel post's `id`:
+
+```python
+msgs = tgkit.open_dataset("OUT").collect()
+group = msgs.filter(pl.col("chat_id") == group_id)        # group_id: the channel's linked_chat_id
+copies = group.filter(pl.col("fwd_peer_id") == channel_id).select(thread_id="id", post_id="fwd_post_id")
+comments = group.join(copies, on="thread_id")            # every comment, with its post's id
+comments.join(msgs.filter(pl.col("chat_id") == channel_id), left_on="post_id", right_on="id", suffix="_post")
+```
+
+(The count of comments per post equals the post's `replies`.  A manual forward of a channel post into
+the group looks like a copy; Telegram marks the automatic copy with `saved_from_peer`, which the schema
+does not keep.)
 
 A layout-1 dataset (`OUT/chat_id=<id>/part-*.parquet`, `_checkpoint.json`, `OUT/manifest.json`) opens
 with `tgkit.open_dataset`; the next `export_chat` or `import_desktop` into it upgrades it in place, one

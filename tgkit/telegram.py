@@ -59,6 +59,7 @@ __all__ = [
     "Gateway",
     "chat_id_of",
     "default_pacer",
+    "page_peer",
     "page_title",
     "request_name",
 ]
@@ -169,6 +170,15 @@ def chat_id_of(peer: Any) -> int:
     if isinstance(peer, types.InputPeerUser):
         return int(peer.user_id)
     return abs(tl_utils.get_peer_id(peer, add_mark=False))
+
+
+def page_peer(page: Any, chat_id: int) -> Any:
+    """An ``InputPeer`` for channel/supergroup ``chat_id`` from the ``.chats`` of an answer (with its
+    access hash), or None when the answer does not carry it."""
+    for c in getattr(page, "chats", ()):
+        if getattr(c, "id", None) == chat_id and isinstance(c, types.Channel) and c.access_hash is not None:
+            return types.InputPeerChannel(c.id, c.access_hash)
+    return None
 
 
 def page_title(page: Any, chat_id: int) -> str | None:
@@ -441,6 +451,26 @@ class Gateway:
                 hash=0,
             )
         return await self.call(request, peer=label, takeout=takeout)
+
+    async def replies(
+        self,
+        peer: Any,
+        msg_id: int,
+        *,
+        offset_id: int = 0,
+        add_offset: int = 0,
+        limit: int = PAGE,
+        label: Any = None,
+    ) -> Any:
+        """One ``messages.GetReplies`` page: the comments under channel post ``msg_id`` (they live in
+        the linked discussion group).  Paged like history: ``offset_id=n, add_offset=-limit`` gives the
+        ``limit`` oldest comments with id >= n (as Telethon's ``iter_messages(reply_to=..., reverse=True)``;
+        ``min_id``/``max_id`` are left 0, as Telethon does: Telegram answers them unreliably)."""
+        request = functions.messages.GetRepliesRequest(
+            peer=peer, msg_id=msg_id, offset_id=offset_id, offset_date=None, add_offset=add_offset,
+            limit=limit, max_id=0, min_id=0, hash=0,
+        )  # fmt: skip
+        return await self.call(request, peer=label)
 
     async def full_chat(self, peer: Any, *, label: Any = None) -> Any:
         """``channels.GetFullChannel`` / ``messages.GetFullChat`` of a channel / basic group (None for a
