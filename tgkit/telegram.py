@@ -182,6 +182,10 @@ def page_title(page: Any, chat_id: int) -> str | None:
     return None
 
 
+def _message_key(peer: Any, msg_id: int) -> tuple[int | None, int]:
+    return (peer.channel_id if isinstance(peer, types.PeerChannel) else None), msg_id
+
+
 # --------------------------------------------------------------------------------------------------
 # The hook: one per client, shared by every gateway open on it.
 
@@ -455,6 +459,48 @@ class Gateway:
             request = functions.messages.GetMessagesRequest(wanted)
         page = await self.call(request, peer=label)
         return list(page.messages)
+
+    async def dialog_pages(
+        self, *, folder_id: int | None = None, limit: int | None = None
+    ) -> AsyncIterator[Any]:
+        """The account's dialog list, one ``messages.GetDialogs`` answer at a time, paged as Telethon's
+        ``iter_dialogs`` pages it: pinned dialogs come on the first page only; each next page starts at
+        the last dialog with a message (its date, id and peer) and excludes the pinned ones.  Stops on
+        a ``messages.Dialogs`` answer (the whole list), a short page, a page with nothing new, or after
+        ``limit`` dialogs.  ``folder_id``: 0 the main list, 1 the archive, None both."""
+        request = functions.messages.GetDialogsRequest(
+            offset_date=None, offset_id=0, offset_peer=types.InputPeerEmpty(), limit=PAGE, hash=0,
+            exclude_pinned=False, folder_id=folder_id,
+        )  # fmt: skip
+        seen: set[int] = set()
+        while limit is None or len(seen) < limit:
+            request.limit = PAGE if limit is None else min(PAGE, limit - len(seen))
+            page = await self.call(request)
+            ids = [tl_utils.get_peer_id(d.peer) for d in page.dialogs if isinstance(d, types.Dialog)]
+            new = [i for i in ids if i not in seen]
+            seen.update(new)
+            yield page
+            count = getattr(page, "count", None)
+            if (
+                not new
+                or len(page.dialogs) < request.limit
+                or not isinstance(page, types.messages.DialogsSlice)
+                or (count is not None and len(seen) >= count)
+            ):
+                return
+            # Pinned dialogs break the date order of a page: the offset is the last dialog that has a
+            # message (channels number messages per channel, so the key includes the channel).
+            messages = {_message_key(m.peer_id, m.id): m for m in page.messages if hasattr(m, "peer_id")}
+            tops = (messages.get(_message_key(d.peer, d.top_message)) for d in reversed(page.dialogs))
+            last = next((m for m in tops if m is not None), None)
+            entities = {tl_utils.get_peer_id(x): x for x in (*page.users, *page.chats)}
+            tail = next((entities[i] for i in reversed(new) if i in entities), None)
+            request.exclude_pinned = True
+            request.offset_id = last.id if last is not None else 0
+            request.offset_date = last.date if last is not None else None
+            request.offset_peer = (
+                tl_utils.get_input_peer(tail) if tail is not None else types.InputPeerEmpty()
+            )
 
     # ---------------------------------------------------------------------------------- peers
 
