@@ -192,14 +192,34 @@ def _message_key(peer: Any, msg_id: int) -> tuple[int | None, int]:
 _ACTIVE: contextvars.ContextVar[Gateway | None] = contextvars.ContextVar("tgkit_gateway", default=None)
 
 
+# Methods whose requests may overlap on one client (file chunks: generous per-DC limits, and downloads
+# run several at a time).  Every other method has at most one request in flight per client: several
+# exports sharing a client (tgkit.export_chats) never have two requests of one method on the wire when
+# Telegram answers the first with a FLOOD_WAIT (the second would be refused too, and a request made
+# while flooded can make the wait longer).  A single export never had two anyway (one page at a time).
+OVERLAPPING_METHODS = frozenset({"upload.GetFile", "upload.GetWebFile", "upload.GetCdnFile"})
+
+
 class _Hook:
-    __slots__ = ("count", "had_call", "had_exported", "threshold")
+    __slots__ = ("count", "had_call", "had_exported", "in_flight", "threshold")
 
     def __init__(self, threshold: Any, had_call: bool, had_exported: bool) -> None:
         self.count = 0
         self.threshold = threshold
         self.had_call = had_call
         self.had_exported = had_exported
+        self.in_flight: dict[str, asyncio.Lock] = {}  # method -> the one request of it on the wire
+
+    def gate(self, request: Any) -> asyncio.Lock | None:
+        if isinstance(request, list):
+            return None
+        name = request_name(request)
+        if name in OVERLAPPING_METHODS:
+            return None
+        lock = self.in_flight.get(name)
+        if lock is None:
+            lock = self.in_flight[name] = asyncio.Lock()
+        return lock
 
 
 _HOOKS: weakref.WeakKeyDictionary[Any, _Hook] = weakref.WeakKeyDictionary()
@@ -219,9 +239,15 @@ def _install(client: Any) -> None:
             sender: Any, request: Any, ordered: bool = False, flood_sleep_threshold: Any = None
         ) -> Any:
             gw = _ACTIVE.get()
-            if gw is not None and gw.client is client:
+            if gw is None or gw.client is not client:
+                return await original_call(sender, request, ordered, flood_sleep_threshold)
+            gate = hook.gate(request)
+            if gate is None:
                 await gw._before_send(request)
-            return await original_call(sender, request, ordered, flood_sleep_threshold)
+                return await original_call(sender, request, ordered, flood_sleep_threshold)
+            async with gate:  # one request of this method on the wire (paced after the previous answer)
+                await gw._before_send(request)
+                return await original_call(sender, request, ordered, flood_sleep_threshold)
 
         async def _create_exported_sender(dc_id: int) -> Any:
             sender = await original_exported(dc_id)
