@@ -307,7 +307,9 @@ def test_cli_export_many_chats_exit_codes(demo_cli: World, capsys: pytest.Captur
     assert failed == [line for line in failed if "@no_such_chat_here: PeerNotFound" in line] and failed
     assert "@tgkit_demo: done" in out and "done=1 failed=1 skipped=0" in out
     assert f"dataset: {Path('data').resolve()}" in out
-    assert tgkit.open_dataset("data").select("chat_id").unique().collect()["chat_id"].to_list() == [CHANNEL_ID]
+    assert tgkit.open_dataset("data").select("chat_id").unique().collect()["chat_id"].to_list() == [
+        CHANNEL_ID
+    ]
 
     Path("chats.txt").write_text("# corpus\n@tgkit_demo  # the channel\n\n@tgkit_group\n@TGKIT_DEMO\n")
     code = main(["export", "--chats-file", "chats.txt", "--out", "data"])
