@@ -12,7 +12,7 @@ import pytest
 import tgkit
 from tgkit.cli import _parser, main
 
-COMMANDS = ["demo", "export", "probe", "import-desktop"]
+COMMANDS = ["demo", "export", "chats", "probe", "import-desktop"]
 
 
 def test_every_command_has_help(capsys):

@@ -4,9 +4,11 @@ from tgkit import offline
 client = await offline.connect_demo()                  # or a real Telethon client
 result = await tgkit.export_chat(client, "@tgkit_demo", "data/exports/demo", pacer=tgkit.Pacer.unlimited())
 df = tgkit.open_dataset("data/exports/demo").collect()
+frame = await tgkit.export_chats(client, ["@tgkit_demo", "@tgkit_group"], "data/exports/demo")
 named = tgkit.with_names(tgkit.open_dataset(out), tgkit.open_dataset(out, "peers"))
 """
 
+from .corpus import export_chats, export_chats_sync, list_dialogs, list_dialogs_sync
 from .dataset import open_dataset, with_names
 from .desktop import DesktopImportResult, import_desktop
 from .distributed import export_corpus, export_corpus_sync, load_accounts
@@ -59,11 +61,15 @@ __all__ = [
     "__version__",
     "export_chat",
     "export_chat_sync",
+    "export_chats",
+    "export_chats_sync",
     "export_corpus",
     "export_corpus_sync",
     "export_messages",
     "export_messages_sync",
     "import_desktop",
+    "list_dialogs",
+    "list_dialogs_sync",
     "load_accounts",
     "open_dataset",
     "plot_resources",

@@ -46,13 +46,31 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser(
         "export",
-        help="export a chat from a real account into a Parquet dataset",
-        description="Export CHAT (@username, t.me link or id) with a real account. Needs "
-        "TGKIT_API_ID, TGKIT_API_HASH (from my.telegram.org) and TGKIT_SESSION (a session "
-        "file path). Reruns resume and pick up new messages.",
+        help="export chats from a real account into one Parquet dataset",
+        description="Export one or more chats (@username, t.me link or id) with a real account into "
+        "one dataset, several at a time through the account's one pacer. Needs TGKIT_API_ID, "
+        "TGKIT_API_HASH (from my.telegram.org) and TGKIT_SESSION (a session file path). Reruns resume "
+        "and pick up new messages. Exit 0 when every chat is done, 3 when some failed (one line each).",
     )
-    e.add_argument("chat", nargs="?", help="@username, https://t.me/name or a numeric id")
+    e.add_argument("chat", nargs="*", help="@username, https://t.me/name or a numeric id (several allowed)")
     e.add_argument("--out", type=Path, required=True, help="dataset folder")
+    e.add_argument(
+        "--chats-file", type=Path, help="chats to export, one per line (# comments, blank lines ignored)"
+    )
+    e.add_argument(
+        "--all-dialogs", action="store_true", help="export every chat of the account's dialog list"
+    )
+    e.add_argument(
+        "--kinds",
+        default="channel,group,user",
+        help="with --all-dialogs: which dialogs, any of channel,group,user (default: all three)",
+    )
+    e.add_argument("--comments", action="store_true", help="also export the comments under channel posts")
+    e.add_argument("--since", type=_when, help="only messages from this date or ISO datetime on (UTC)")
+    e.add_argument("--until", type=_when, help="only messages before this date or ISO datetime (UTC)")
+    e.add_argument(
+        "--concurrency", type=int, default=4, help="chats exported at a time (default 4; one shared pacer)"
+    )
     e.add_argument(
         "--media", default="", help="comma-separated kinds to download: photo,video,document,... or all"
     )
@@ -63,17 +81,33 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--refresh-days", type=float, default=0, help="re-read the last N days for edits/deletions"
     )
-    e.add_argument("--limit", type=int, default=None, help="stop after N new messages")
-    e.add_argument("--no-resume", action="store_true", help="start this chat over (drops its exported parts)")
+    e.add_argument("--limit", type=int, default=None, help="stop after N new messages (per chat)")
+    e.add_argument(
+        "--no-resume", action="store_true", help="start the chats over (drops their exported parts)"
+    )
     e.add_argument(
         "--accounts", type=Path, help="accounts file (TOML): several accounts on Dask (tgkit[distributed])"
     )
     e.add_argument(
-        "--chats-file", type=Path, help="chats to export, one per line (# comments); with --accounts"
-    )
-    e.add_argument(
         "--scheduler", help="Dask scheduler address (default: a LocalCluster, one worker per account)"
     )
+
+    ch = sub.add_parser(
+        "chats",
+        help="list the account's dialogs (chats, channels, groups, users)",
+        description="Print the account's dialog list (pinned first, then newest first), or write it "
+        "as Parquet with --out. The 'chat' column is what `tgkit export` takes. Needs TGKIT_API_ID, "
+        "TGKIT_API_HASH and TGKIT_SESSION.",
+    )
+    ch.add_argument(
+        "--kinds", default="channel,group,user", help="any of channel,group,user (default: all three)"
+    )
+    ch.add_argument(
+        "--archived", choices=("all", "only", "none"), default="all",
+        help="archived dialogs: all (default), only the archive, or none of it",
+    )  # fmt: skip
+    ch.add_argument("--limit", type=int, default=None, help="fetch at most N dialogs")
+    ch.add_argument("--out", type=Path, help="write the list to this Parquet file instead of printing it")
 
     pr = sub.add_parser(
         "probe",
@@ -112,6 +146,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _when(text: str) -> Any:
+    """``--since/--until``: a date (``2026-01-31``) or an ISO datetime; naive means UTC."""
+    from datetime import UTC, date, datetime
+
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            return date.fromisoformat(value)
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date (YYYY-MM-DD) or an ISO datetime (YYYY-MM-DDTHH:MM[:SS][+HH:MM])"
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    from .corpus import KINDS
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise ConfigError(f"--kinds {text!r}: use any of {','.join(KINDS)}")
+    return kinds
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -140,6 +200,8 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(_demo(args))
     if args.command == "export":
         return asyncio.run(_export(args))
+    if args.command == "chats":
+        return asyncio.run(_chats(args))
     if args.command == "probe":
         return _probe(args)
     if args.command == "import-desktop":
@@ -273,35 +335,103 @@ def _demo_plots(results: list[Any], out: Path) -> list[Path]:
 
 async def _export(args: argparse.Namespace) -> int:
     from .config import Settings
-    from .export import export_chat
 
-    if args.accounts is not None or args.chats_file is not None:
+    if args.accounts is not None:
         from .distributed import cli_export
 
         return await cli_export(args)
-    if args.chat is None:
-        raise ConfigError("give a CHAT (or --accounts with --chats-file)")
+    chats: list[Any] = list(args.chat)
+    if args.chats_file is not None:
+        from .corpus import read_chats_file
+
+        chats += read_chats_file(args.chats_file)
+    kinds = _kinds(args.kinds) if args.all_dialogs else ()
+    if not chats and not args.all_dialogs:
+        raise ConfigError("give a CHAT, --chats-file FILE or --all-dialogs (or --accounts with --chats-file)")
+    if args.concurrency < 1:
+        raise ConfigError(f"--concurrency must be at least 1, not {args.concurrency}")
     settings = Settings.resolve()  # ConfigError naming every missing variable, before anything else
     media: Any = [m.strip() for m in args.media.split(",") if m.strip()] or None
     if media == ["all"]:
         media = "all"
+    options: dict[str, Any] = {
+        "resume": not args.no_resume, "media": media, "transcode": args.transcode, "takeout": args.takeout,
+        "refresh_days": args.refresh_days, "limit": args.limit,
+    }  # fmt: skip
     client = await _real_client(settings)
     try:
-        r = await export_chat(
-            client,
-            args.chat,
-            args.out,
-            resume=not args.no_resume,
-            media=media,
-            transcode=args.transcode,
-            takeout=args.takeout,
-            refresh_days=args.refresh_days,
-            limit=args.limit,
-        )
+        if len(chats) == 1 and not args.all_dialogs and args.chats_file is None:
+            return await _export_one(client, chats[0], args, options)
+        return await _export_many(client, chats, kinds, args, options)
     finally:
         await client.disconnect()
+
+
+async def _export_one(client: Any, chat: Any, args: argparse.Namespace, options: dict[str, Any]) -> int:
+    from .corpus import export_options
+    from .export import export_chat
+
+    options = export_options(options, comments=args.comments, since=args.since, until=args.until)
+    r = await export_chat(client, chat, args.out, **options)
     print(r)
     print(f"dataset: {r.path}  metrics: {r.metrics_path}")
+    return 0
+
+
+async def _export_many(
+    client: Any, chats: list[Any], kinds: tuple[str, ...], args: argparse.Namespace, options: dict[str, Any]
+) -> int:
+    import polars as pl
+
+    from .corpus import export_chats, list_dialogs
+
+    if args.all_dialogs:
+        dialogs = await list_dialogs(client, kinds=kinds)
+        chats = chats + dialogs["chat"].to_list()
+    frame = await export_chats(
+        client, chats, args.out, concurrency=args.concurrency, comments=args.comments, since=args.since,
+        until=args.until, progress="auto", **options,
+    )  # fmt: skip
+    for row in frame.iter_rows(named=True):
+        if row["status"] == "done":
+            print(f"{row['chat']}: done, {row['rows']:,} new rows ({row['total_rows']:,} in the dataset)")
+        elif row["status"] == "skipped":
+            print(f"{row['chat']}: skipped, {row['error']}")
+    counts = dict(frame.group_by("status").len().iter_rows())
+    summary = " ".join(f"{s}={counts.get(s, 0)}" for s in ("done", "failed", "skipped"))
+    new_rows = int(frame["rows"].fill_null(0).sum())
+    print(f"{summary}  new rows={new_rows:,}  dataset: {Path(args.out).resolve()}")
+    failed = frame.filter(pl.col("status") == "failed")
+    for row in failed.iter_rows(named=True):
+        print(f"failed: {row['chat']}: {row['error']}", file=sys.stderr)
+    return 3 if failed.height else 0
+
+
+async def _chats(args: argparse.Namespace) -> int:
+    from .config import Settings
+    from .corpus import list_dialogs
+
+    kinds = _kinds(args.kinds)
+    archived = {"all": None, "only": True, "none": False}[args.archived]
+    settings = Settings.resolve()
+    client = await _real_client(settings)
+    try:
+        frame = await list_dialogs(client, kinds=kinds, archived=archived, limit=args.limit)
+    finally:
+        await client.disconnect()
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(args.out)
+        print(f"{frame.height} dialogs -> {args.out.resolve()}")
+        return 0
+    for row in frame.iter_rows(named=True):
+        when = row["last_message_date"]
+        flags = ("P" if row["pinned"] else "-") + ("A" if row["archived"] else "-")
+        last = f"{when:%Y-%m-%d %H:%M}" if when is not None else ""
+        print(
+            f"{flags} {row['kind']:<7} {row['chat']:<28} {row['unread']:>5} unread  {last:<16}  {row['title'] or ''}"
+        )
+    print(f"{frame.height} dialogs (P pinned, A archived)")
     return 0
 
 

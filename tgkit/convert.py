@@ -19,6 +19,7 @@ from .records import ColumnBatch, Entity, ExportedMessage, Reaction, gc_paused
 __all__ = [
     "append_messages",
     "chat_fields",
+    "dialog_rows",
     "entity_type_name",
     "media_kind",
     "message_row",
@@ -376,3 +377,69 @@ def chat_fields(obj: Any) -> dict[str, Any]:
     if isinstance(obj, types.ChannelForbidden | types.ChatForbidden):
         return {"kind": "chat" if isinstance(obj, types.ChatForbidden) else "channel", "title": obj.title}
     return {}
+
+
+# --------------------------------------------------------------------------------------------------
+# Dialogs (messages.getDialogs pages)
+
+
+def _dialog_key(peer: Any, msg_id: int) -> tuple[int | None, int]:
+    # Channels number their messages themselves; users and basic groups share the account's id space.
+    return (peer.channel_id if isinstance(peer, types.PeerChannel) else None), msg_id
+
+
+def dialog_rows(page: Any) -> list[dict[str, Any]]:
+    """One dict per dialog of a ``messages.Dialogs``/``DialogsSlice`` page, in page order.
+
+    Keys: ``id`` (bare), ``peer_kind`` (user/channel/chat), ``kind`` (``channel`` for a broadcast
+    channel, ``group`` for a supergroup or basic group, ``user`` for a person or bot), ``type``
+    (broadcast, megagroup, gigagroup, group, private, bot, self), ``title``, ``username``, ``unread``,
+    ``unread_mentions``, ``last_message_id``, ``last_message_date`` (epoch s), ``participants`` (None
+    for users and where Telegram does not say), ``archived``, ``pinned``, ``chat`` (what to pass to
+    ``export_chat``: ``@username``, else the marked id).  A dialog whose peer the page does not carry
+    is left out (Telegram sends that rarely; Telethon skips it too)."""
+    entities: dict[tuple[str, int], Any] = {}
+    for obj in (*page.users, *page.chats):
+        if isinstance(obj, types.User):
+            entities[("user", obj.id)] = obj
+        elif isinstance(obj, types.Channel | types.ChannelForbidden):
+            entities[("channel", obj.id)] = obj
+        elif isinstance(obj, types.Chat | types.ChatForbidden):
+            entities[("chat", obj.id)] = obj
+    dates = {_dialog_key(m.peer_id, m.id): m.date for m in page.messages if getattr(m, "date", None)}
+    out = []
+    for d in page.dialogs:
+        if not isinstance(d, types.Dialog):
+            continue  # DialogFolder: the archive folder's own entry, not a chat
+        peer_kind, pid = peer_kind_id(d.peer)
+        if peer_kind is None or pid is None:
+            continue
+        ent = entities.get((peer_kind, pid))
+        if ent is None:
+            continue
+        username = getattr(ent, "username", None)
+        participants = getattr(ent, "participants_count", None)
+        if isinstance(ent, types.User):
+            kind, title = "user", " ".join(filter(None, (ent.first_name, ent.last_name))) or username
+            typ = "self" if ent.is_self else "bot" if ent.bot else "private"
+            participants = None
+        elif peer_kind == "channel":
+            broadcast = bool(getattr(ent, "broadcast", False))
+            kind, title = ("channel" if broadcast else "group"), ent.title
+            typ = (
+                "broadcast" if broadcast else "gigagroup" if getattr(ent, "gigagroup", False) else "megagroup"
+            )
+        else:
+            kind, title, typ = "group", ent.title, "group"
+        marked = pid if peer_kind == "user" else -pid if peer_kind == "chat" else -(10**12 + pid)
+        out.append(
+            {
+                "id": pid, "peer_kind": peer_kind, "kind": kind, "type": typ, "title": title,
+                "username": username, "unread": d.unread_count, "unread_mentions": d.unread_mentions_count,
+                "last_message_id": d.top_message or None,
+                "last_message_date": _dt(dates.get(_dialog_key(d.peer, d.top_message))),
+                "participants": participants, "archived": d.folder_id == 1, "pinned": bool(d.pinned),
+                "chat": f"@{username}" if username else str(marked),
+            }
+        )  # fmt: skip
+    return out

@@ -1048,8 +1048,8 @@ async def cli_export(args: Any) -> int:
     if args.accounts is None:
         raise ConfigError("--chats-file needs --accounts (an accounts file; see docs/DISTRIBUTED.md)")
     chats: list[str] = read_chats_file(args.chats_file) if args.chats_file is not None else []
-    if args.chat:
-        chats.insert(0, args.chat)
+    if args.chat:  # one CHAT, or several (`tgkit export A B --accounts FILE`)
+        chats[:0] = [args.chat] if isinstance(args.chat, str) else list(args.chat)
     if not chats:
         raise ConfigError("no chats: give --chats-file (one chat per line) or a CHAT")
     media: Any = [m.strip() for m in args.media.split(",") if m.strip()] or None

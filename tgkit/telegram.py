@@ -192,20 +192,44 @@ def page_title(page: Any, chat_id: int) -> str | None:
     return None
 
 
+def _message_key(peer: Any, msg_id: int) -> tuple[int | None, int]:
+    return (peer.channel_id if isinstance(peer, types.PeerChannel) else None), msg_id
+
+
 # --------------------------------------------------------------------------------------------------
 # The hook: one per client, shared by every gateway open on it.
 
 _ACTIVE: contextvars.ContextVar[Gateway | None] = contextvars.ContextVar("tgkit_gateway", default=None)
 
 
+# Methods whose requests may overlap on one client (file chunks: generous per-DC limits, and downloads
+# run several at a time).  Every other method has at most one request in flight per client: several
+# exports sharing a client (tgkit.export_chats) never have two requests of one method on the wire when
+# Telegram answers the first with a FLOOD_WAIT (the second would be refused too, and a request made
+# while flooded can make the wait longer).  A single export never had two anyway (one page at a time).
+OVERLAPPING_METHODS = frozenset({"upload.GetFile", "upload.GetWebFile", "upload.GetCdnFile"})
+
+
 class _Hook:
-    __slots__ = ("count", "had_call", "had_exported", "threshold")
+    __slots__ = ("count", "had_call", "had_exported", "in_flight", "threshold")
 
     def __init__(self, threshold: Any, had_call: bool, had_exported: bool) -> None:
         self.count = 0
         self.threshold = threshold
         self.had_call = had_call
         self.had_exported = had_exported
+        self.in_flight: dict[str, asyncio.Lock] = {}  # method -> the one request of it on the wire
+
+    def gate(self, request: Any) -> asyncio.Lock | None:
+        if isinstance(request, list):
+            return None
+        name = request_name(request)
+        if name in OVERLAPPING_METHODS:
+            return None
+        lock = self.in_flight.get(name)
+        if lock is None:
+            lock = self.in_flight[name] = asyncio.Lock()
+        return lock
 
 
 _HOOKS: weakref.WeakKeyDictionary[Any, _Hook] = weakref.WeakKeyDictionary()
@@ -225,9 +249,15 @@ def _install(client: Any) -> None:
             sender: Any, request: Any, ordered: bool = False, flood_sleep_threshold: Any = None
         ) -> Any:
             gw = _ACTIVE.get()
-            if gw is not None and gw.client is client:
+            if gw is None or gw.client is not client:
+                return await original_call(sender, request, ordered, flood_sleep_threshold)
+            gate = hook.gate(request)
+            if gate is None:
                 await gw._before_send(request)
-            return await original_call(sender, request, ordered, flood_sleep_threshold)
+                return await original_call(sender, request, ordered, flood_sleep_threshold)
+            async with gate:  # one request of this method on the wire (paced after the previous answer)
+                await gw._before_send(request)
+                return await original_call(sender, request, ordered, flood_sleep_threshold)
 
         async def _create_exported_sender(dc_id: int) -> Any:
             sender = await original_exported(dc_id)
@@ -490,6 +520,48 @@ class Gateway:
             request = functions.messages.GetMessagesRequest(wanted)
         page = await self.call(request, peer=label)
         return list(page.messages)
+
+    async def dialog_pages(
+        self, *, folder_id: int | None = None, limit: int | None = None
+    ) -> AsyncIterator[Any]:
+        """The account's dialog list, one ``messages.GetDialogs`` answer at a time, paged as Telethon's
+        ``iter_dialogs`` pages it: pinned dialogs come on the first page only; each next page starts at
+        the last dialog with a message (its date, id and peer) and excludes the pinned ones.  Stops on
+        a ``messages.Dialogs`` answer (the whole list), a short page, a page with nothing new, or after
+        ``limit`` dialogs.  ``folder_id``: 0 the main list, 1 the archive, None both."""
+        request = functions.messages.GetDialogsRequest(
+            offset_date=None, offset_id=0, offset_peer=types.InputPeerEmpty(), limit=PAGE, hash=0,
+            exclude_pinned=False, folder_id=folder_id,
+        )  # fmt: skip
+        seen: set[int] = set()
+        while limit is None or len(seen) < limit:
+            request.limit = PAGE if limit is None else min(PAGE, limit - len(seen))
+            page = await self.call(request)
+            ids = [tl_utils.get_peer_id(d.peer) for d in page.dialogs if isinstance(d, types.Dialog)]
+            new = [i for i in ids if i not in seen]
+            seen.update(new)
+            yield page
+            count = getattr(page, "count", None)
+            if (
+                not new
+                or len(page.dialogs) < request.limit
+                or not isinstance(page, types.messages.DialogsSlice)
+                or (count is not None and len(seen) >= count)
+            ):
+                return
+            # Pinned dialogs break the date order of a page: the offset is the last dialog that has a
+            # message (channels number messages per channel, so the key includes the channel).
+            messages = {_message_key(m.peer_id, m.id): m for m in page.messages if hasattr(m, "peer_id")}
+            tops = (messages.get(_message_key(d.peer, d.top_message)) for d in reversed(page.dialogs))
+            last = next((m for m in tops if m is not None), None)
+            entities = {tl_utils.get_peer_id(x): x for x in (*page.users, *page.chats)}
+            tail = next((entities[i] for i in reversed(new) if i in entities), None)
+            request.exclude_pinned = True
+            request.offset_id = last.id if last is not None else 0
+            request.offset_date = last.date if last is not None else None
+            request.offset_peer = (
+                tl_utils.get_input_peer(tail) if tail is not None else types.InputPeerEmpty()
+            )
 
     # ---------------------------------------------------------------------------------- peers
 
