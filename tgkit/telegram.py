@@ -58,6 +58,7 @@ __all__ = [
     "PAGE",
     "Gateway",
     "chat_id_of",
+    "chat_kind_of",
     "default_pacer",
     "page_title",
     "request_name",
@@ -169,6 +170,15 @@ def chat_id_of(peer: Any) -> int:
     if isinstance(peer, types.InputPeerUser):
         return int(peer.user_id)
     return abs(tl_utils.get_peer_id(peer, add_mark=False))
+
+
+def chat_kind_of(peer: Any) -> str:
+    """The kind (``user``/``channel``/``chat``) of a resolved chat, as the peers and chats tables name it."""
+    if isinstance(peer, types.InputPeerChannel):
+        return "channel"
+    if isinstance(peer, types.InputPeerChat):
+        return "chat"
+    return "user"
 
 
 def page_title(page: Any, chat_id: int) -> str | None:
