@@ -438,6 +438,24 @@ def test_cli_pseudonymise(demo: Path, keys: Path, tmp_path: Path, capsys: pytest
     assert err.count("\n") == 1 and "another key" in err
 
 
+def test_cli_export_and_import_take_a_key(keys: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    for command in ("export", "import-desktop"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--pseudonymise KEYFILE" in capsys.readouterr().out
+    out, key = tmp_path / "d", str(keys / "k1")
+    assert main(["import-desktop", str(FIXTURES / "new_2023"), "--out", str(out), "--pseudonymise", key]) == 0
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["privacy"]["key_fingerprint"] == Pseudonymiser(key).fingerprint
+    capsys.readouterr()
+    assert main(["import-desktop", str(FIXTURES / "new_2023"), "--out", str(out)]) == 2  # no plain rows in it
+    assert "pseudonymised" in capsys.readouterr().err
+    accounts = tmp_path / "accounts.toml"
+    accounts.write_text("")
+    argv = ["export", "--accounts", str(accounts), "--out", str(tmp_path / "x"), "--pseudonymise", key]
+    assert main(argv) == 2 and "--pseudonymise" in capsys.readouterr().err  # never silently plain
+
+
 # --------------------------------------------------------------------------------------------------
 # Export-time pseudonymisation: nothing plain is ever written
 
