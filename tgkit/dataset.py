@@ -42,11 +42,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 import pyarrow as pa
@@ -75,6 +75,7 @@ __all__ = [
     "PLOTS_DIR",
     "TABLES",
     "ChatPartition",
+    "ChatPrivacy",
     "Checkpoint",
     "check_output_dir",
     "open_dataset",
@@ -313,14 +314,55 @@ def check_output_dir(out: str | os.PathLike[str]) -> Path:
     return path
 
 
-def prepare_output_dir(out: str | os.PathLike[str]) -> Path:
-    """:func:`check_output_dir`, then upgrade a layout-1 dataset found there to layout 2 (crash-safe)."""
+def prepare_output_dir(out: str | os.PathLike[str], *, privacy: Mapping[str, Any] | None = None) -> Path:
+    """:func:`check_output_dir`, then upgrade a layout-1 dataset found there to layout 2 (crash-safe).
+
+    ``privacy``: the manifest's ``"privacy"`` block the writer will record (a pseudonymised export,
+    see :mod:`tgkit.privacy`), or None for plain rows.  A dataset is never continued with another key,
+    nor plain rows mixed with pseudonymised ones (:class:`~tgkit.errors.ConfigError`, before any request)."""
     root = check_output_dir(out)
     try:
         upgrade(root)
     except OSError as exc:
         raise ExportError(f"upgrading the dataset at {root} failed: {exc.strerror or exc}") from exc
+    _check_privacy(root, privacy)
     return root
+
+
+def _check_privacy(root: Path, privacy: Mapping[str, Any] | None) -> None:
+    try:
+        manifest = read_manifest(root)
+    except CacheError:
+        # The manifest is rebuilt from the checkpoints, but it is the only record of pseudonymisation:
+        # with no chat committed yet there is nothing to mix, otherwise we cannot tell and must not guess.
+        if _v2_chats(root) or _legacy_chats(root):
+            raise
+        manifest = {}
+    found = manifest.get("privacy")
+    found = found if isinstance(found, dict) and found.get("pseudonymised") else None
+    if privacy is None:
+        if found is not None:
+            raise ConfigError(
+                f"{root} holds a pseudonymised dataset (key fingerprint {found.get('key_fingerprint')}); "
+                "continue it with pseudonymise=<the key file it was made with>, or write elsewhere"
+            )
+        return
+    if found is not None:
+        if found.get("key_fingerprint") != privacy.get("key_fingerprint"):
+            raise ConfigError(
+                f"{root} was pseudonymised with another key (fingerprint {found.get('key_fingerprint')}, "
+                f"this key's is {privacy.get('key_fingerprint')}); use the key file it was made with"
+            )
+        if list(found.get("keep") or []) != list(privacy.get("keep") or []):
+            raise ConfigError(
+                f"{root} was pseudonymised with keep={tuple(found.get('keep') or [])}, "
+                f"not {tuple(privacy.get('keep') or [])}"
+            )
+        return
+    if manifest.get("chats") or _v2_chats(root) or _legacy_chats(root):
+        raise ConfigError(
+            f"{root} holds a dataset that is not pseudonymised; refusing to mix it with pseudonyms"
+        )
 
 
 _held = threading.local()  # roots whose lock this thread holds (the lock is re-entrant per thread)
@@ -383,6 +425,39 @@ def _now() -> int:
     return int(time.time())
 
 
+class ChatPrivacy(Protocol):
+    """What a :class:`ChatPartition` asks of a pseudonymiser (``Pseudonymiser.for_chat``, see
+    :mod:`tgkit.privacy`): every row passes through it before it is written, so nothing identifying
+    reaches the disk.  Rows handed to the partition stay plain; what it reads back is already private."""
+
+    chat_id: int  # the id the chat is stored under (its pseudonym for a private chat)
+
+    def messages(self, frame: Any) -> Any:
+        """A message frame (Arrow or Polars, any subset of the columns), pseudonymised; a ``chat_id``
+        column holds :attr:`chat_id`."""
+        ...
+
+    def peers(self, rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        """Peers rows (``PEER_COLUMNS`` order, dates as epoch seconds), pseudonymised."""
+        ...
+
+    def chat(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Fields of this chat's chats row (``CHAT_COLUMNS`` names), pseudonymised."""
+        ...
+
+    def label(self, peer: str | None, title: str | None) -> tuple[str | None, str | None]:
+        """The checkpoint's and manifest's ``peer`` and ``title`` for this chat."""
+        ...
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest's ``"privacy"`` block."""
+        ...
+
+    def manifest_extra(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """The writer's extra manifest fields for this chat, without what could identify."""
+        ...
+
+
 class ChatPartition:
     """One chat's share of a dataset, and the one writer both ``export_chat`` and ``import_desktop`` use:
     its message parts, its peers and chats rows, its checkpoint (the commit point), orphan cleanup and
@@ -390,10 +465,19 @@ class ChatPartition:
 
     Peers seen while writing (:meth:`observe_peers`) and the chat's metadata (:meth:`set_chat`) are
     committed with the next part (or by :meth:`commit_tables`): one peers file and one chats file per
-    chat, rewritten under a new name and swapped by the checkpoint."""
+    chat, rewritten under a new name and swapped by the checkpoint.
 
-    def __init__(self, root: Path, chat_id: int, *, source: str = "api") -> None:
+    ``privacy`` (a :class:`ChatPrivacy`, from ``Pseudonymiser.for_chat``) pseudonymises every message,
+    peers and chats row, the checkpoint's and manifest's labels before they are written; the chat is
+    then stored under ``privacy.chat_id`` and the manifest records the privacy block."""
+
+    def __init__(
+        self, root: Path, chat_id: int, *, source: str = "api", privacy: ChatPrivacy | None = None
+    ) -> None:
         self.root = Path(root)
+        self.privacy = privacy
+        if privacy is not None:
+            chat_id = privacy.chat_id
         self.chat_id = chat_id
         self.source = source
         self.dir = self.root / MESSAGES_DIR / f"chat_id={chat_id}"
@@ -415,6 +499,8 @@ class ChatPartition:
         """Prepare for writing: remove the files no checkpoint committed (parts, peers and chats files of
         this chat) and load the committed peers and chat metadata, so later commits extend them."""
         cp = checkpoint or Checkpoint(self.chat_id)
+        if self.privacy is not None:  # the marker goes first: no checkpoint of this dataset without it
+            _mark_private(self.root, self.privacy.manifest())
         if self.dir.is_dir():
             committed = set(cp.parts)
             for entry in self.dir.iterdir():
@@ -465,6 +551,8 @@ class ChatPartition:
         """Record peers rows (``PEER_COLUMNS`` order, from :func:`tgkit.convert.peer_rows` or an import):
         the latest observation wins, ``first_seen`` keeps the earliest; a ``min`` observation (Telegram
         sent only part of the object) never erases what a full one told."""
+        if self.privacy is not None:
+            rows = self.privacy.peers(rows)
         book = self._peers
         i_first, i_last, i_min = (PEER_COLUMNS.index(c) for c in ("first_seen", "last_seen", "min"))
         for row in rows:
@@ -487,6 +575,8 @@ class ChatPartition:
         unknown = set(fields) - set(CHAT_COLUMNS)
         if unknown:
             raise ConfigError(f"unknown chats columns: {', '.join(sorted(unknown))}")
+        if self.privacy is not None:
+            fields = self.privacy.chat(fields)
         self._chat.update({k: v for k, v in fields.items() if v is not None})
 
     def chat_row(self, cp: Checkpoint) -> tuple:
@@ -504,14 +594,25 @@ class ChatPartition:
 
     def commit(self, cp: Checkpoint) -> None:
         """Make ``cp`` the committed state: the checkpoint (atomic rewrite), then the manifest."""
+        self._label(cp)
+        extra = self.manifest_extra or None
+        privacy = None
+        if self.privacy is not None:
+            extra = self.privacy.manifest_extra(dict(extra or {})) or None
+            privacy = self.privacy.manifest()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.checkpoint_path, json.dumps(cp.to_dict(), indent=1).encode())
         _fsync_dir(self.state_dir)
-        update_manifest(self.root, cp, extra=self.manifest_extra or None)
+        update_manifest(self.root, cp, extra=extra, privacy=privacy)
+
+    def _label(self, cp: Checkpoint) -> None:
+        if self.privacy is not None:
+            cp.peer, cp.title = self.privacy.label(cp.peer, cp.title)
 
     def _commit_with_tables(self, cp: Checkpoint, dropped: Sequence[Path] = ()) -> Checkpoint:
         """Write the peers file (if new peers were seen) and the chats row, commit ``cp`` listing them,
         then remove what it superseded (``dropped`` and the previous side files)."""
+        self._label(cp)  # the chats row falls back to the checkpoint's title
         old = [self.root / PEERS_DIR / cp.peers_file] if cp.peers_file and self._peers_dirty else []
         if self._peers_dirty:
             name = self._next_side_name(PEERS_DIR, cp.peers_file)
@@ -560,7 +661,10 @@ class ChatPartition:
         ``covered``: the id ranges this part completes (history pages fetched without a gap); by
         default ``[(1, last_id)]``, what a writer that always starts at the first message completes
         (imports).  Comments pass ``covered=()`` and their ``threads`` entries.  The caller guarantees
-        no row's id is already committed."""
+        no row's id is already committed.  With ``privacy``, ``table`` is
+        plain and is pseudonymised here."""
+        if self.privacy is not None:
+            table = self.privacy.messages(table)
         name = self.next_part_name(cp)
         nbytes = self._stage_part(table, name)
         new = _copy(cp)
@@ -682,11 +786,14 @@ class ChatPartition:
         upd = pl.DataFrame(
             {
                 "id": list(fixed),
-                "_path": [p for p, _ in fixed.values()],
-                "_err": [e for _, e in fixed.values()],
+                "media_path": [p for p, _ in fixed.values()],
+                "media_error": [e for _, e in fixed.values()],
             },
-            schema={"id": pl.Int64, "_path": pl.String, "_err": pl.String},
+            schema={"id": pl.Int64, "media_path": pl.String, "media_error": pl.String},
         )
+        if self.privacy is not None:  # the plain paths and errors of a retry
+            upd = self.privacy.messages(upd)
+        upd = upd.rename({"media_path": "_path", "media_error": "_err"})
         df = (
             self.read(cp, name)
             .join(upd, on="id", how="left", maintain_order="left")
@@ -710,6 +817,8 @@ class ChatPartition:
         keeping their media paths (a refresh does not download); rows missing from ``fresh`` were deleted
         on Telegram (listed in the manifest as ``deleted_in_last_refresh``).  One compacted part replaces
         the old ones.  Returns (checkpoint, bytes written, deleted ids)."""
+        if self.privacy is not None:  # fresh rows are plain, the committed ones already private
+            fresh = self.privacy.messages(fresh)
         existing = self.read(cp)
         old_ids = existing.filter(pl.col("id") >= since_id)["id"]
         keep = existing.select("id", "media_path", "media_error")
@@ -764,9 +873,16 @@ def _load_checkpoint(path: Path, chat_id: int, parts_dir: Path) -> Checkpoint | 
 # The manifest
 
 
-def update_manifest(root: Path, cp: Checkpoint, *, extra: dict[str, Any] | None = None) -> None:
+def update_manifest(
+    root: Path,
+    cp: Checkpoint,
+    *,
+    extra: dict[str, Any] | None = None,
+    privacy: Mapping[str, Any] | None = None,
+) -> None:
     """Record one chat's state in ``_manifest.json`` (atomic rewrite under the dataset lock; other chats
-    are kept, and so is what earlier runs recorded for this chat)."""
+    are kept, and so is what earlier runs recorded for this chat, and the ``privacy`` block; a given
+    ``privacy`` block is merged into it)."""
     root = Path(root)
     with _locked(root):
         try:
@@ -791,10 +907,34 @@ def update_manifest(root: Path, cp: Checkpoint, *, extra: dict[str, Any] | None 
         if extra:
             entry.update(extra)
         chats[str(cp.chat_id)] = entry
-        _write_manifest(root, chats)
+        _write_manifest(root, chats, _merged_privacy(manifest, privacy))
 
 
-def _write_manifest(root: Path, chats: dict[str, Any]) -> None:
+def _merged_privacy(manifest: dict[str, Any], privacy: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    found = manifest.get("privacy")
+    block = dict(found) if isinstance(found, dict) else {}
+    if privacy:
+        block.update(privacy)
+    return block or None
+
+
+def _mark_private(root: Path, privacy: Mapping[str, Any]) -> None:
+    """Record the ``privacy`` block in the manifest (before a pseudonymised writer commits anything)."""
+    with _locked(root):
+        try:
+            manifest = read_manifest(root)
+        except CacheError:
+            manifest = {}
+        found = manifest.get("privacy")
+        if isinstance(found, dict) and all(found.get(k) == v for k, v in privacy.items()):
+            return
+        found_chats = manifest.get("chats")
+        _write_manifest(
+            root, found_chats if isinstance(found_chats, dict) else {}, _merged_privacy(manifest, privacy)
+        )
+
+
+def _write_manifest(root: Path, chats: dict[str, Any], privacy: Mapping[str, Any] | None = None) -> None:
     manifest = {
         "format": FORMAT, "version": VERSION, "layout": LAYOUT, "kind": "manifest",
         "columns": list(MESSAGE_COLUMNS), "schema": arrow_schema().to_string(show_schema_metadata=False),
@@ -806,6 +946,8 @@ def _write_manifest(root: Path, chats: dict[str, Any]) -> None:
         },
         "chats": dict(sorted(chats.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0)),
     }  # fmt: skip
+    if privacy:
+        manifest["privacy"] = dict(privacy)
     atomic_write_bytes(
         root / MANIFEST_NAME, json.dumps(manifest, indent=1, ensure_ascii=False).encode(), mode=0o644
     )
@@ -862,9 +1004,10 @@ def upgrade(root: str | os.PathLike[str], *, on_step: Callable[[str], None] | No
         return False
     with _locked(root):
         try:
-            old_chats = read_manifest(root).get("chats") or {}
+            old_manifest_data = read_manifest(root)
         except CacheError:
-            old_chats = {}
+            old_manifest_data = {}
+        old_chats = old_manifest_data.get("chats") or {}
         for chat_id in _legacy_chats(root):
             _upgrade_chat(root, chat_id, old_chats.get(str(chat_id)) or {}, step)
         step("chats")
@@ -878,7 +1021,7 @@ def upgrade(root: str | os.PathLike[str], *, on_step: Callable[[str], None] | No
                 merged.update(chats.get(key) or {})
                 merged["dir"] = f"{MESSAGES_DIR}/chat_id={key}"
                 chats[key] = merged
-        _write_manifest(root, chats)
+        _write_manifest(root, chats, _merged_privacy(old_manifest_data, None))  # a pseudonymised one stays so
         step("manifest")
         with contextlib.suppress(FileNotFoundError):
             old_manifest.unlink()

@@ -35,8 +35,9 @@ import ijson
 import polars as pl
 import pyarrow.compute as pc
 
-from .dataset import ChatPartition, Checkpoint, open_dataset, prepare_output_dir
+from .dataset import ChatPartition, Checkpoint, open_dataset
 from .errors import ConfigError, DesktopFormatError, ExportError
+from .privacy import Pseudonymiser, prepare_output  # [privacy] import-time pseudonymisation (#19)
 from .records import (
     MESSAGE_COLUMNS,
     PEER_COLUMNS,
@@ -1040,6 +1041,8 @@ class DesktopImportResult:
     parts_written: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
+    # [privacy] chat id in the file -> id it is stored under (its pseudonym when pseudonymised)
+    stored_ids: dict[int, int] = field(default_factory=dict, repr=False)
 
     @property
     def chats(self) -> list[DesktopChat]:
@@ -1057,7 +1060,7 @@ class DesktopImportResult:
 
     def open(self) -> pl.LazyFrame:
         """The rows of this import's chats in the dataset (all runs), lazily."""
-        ids = sorted({c.id for c in self.report.chats})
+        ids = sorted({self.stored_ids.get(c.id, c.id) for c in self.report.chats})
         return open_dataset(self.path).filter(pl.col("chat_id").is_in(ids))
 
     def summary(self) -> str:
@@ -1081,8 +1084,15 @@ class _DatasetWriter:
     writer ``export_chat`` uses too), skipping ids its checkpoint already holds; the names the file
     shows go to ``peers``, the chat's header to ``chats``."""
 
-    def __init__(self, root: Path, result: DesktopImportResult, batches: DesktopBatches) -> None:
+    def __init__(
+        self,
+        root: Path,
+        result: DesktopImportResult,
+        batches: DesktopBatches,
+        pseudonymiser: Pseudonymiser | None = None,
+    ) -> None:
         self.root = root
+        self.pseudonymiser = pseudonymiser  # [privacy]
         self.result = result
         self.batches = batches
         self.chat_id: int | None = None
@@ -1101,7 +1111,12 @@ class _DatasetWriter:
     def _open(self, chat_id: int) -> None:
         self.close()
         chat = next((c for c in reversed(self.result.report.chats) if c.id == chat_id), None)
-        part = ChatPartition(self.root, chat_id, source="telegram_desktop")
+        privacy = None  # [privacy] rows pseudonymised by the partition; media paths (Desktop's files) nulled
+        if self.pseudonymiser is not None:
+            kind = _CHAT_PEER_KINDS.get(chat.type or "") if chat is not None else None
+            privacy = self.pseudonymiser.for_chat(chat_id, kind, media_paths=False)
+        part = ChatPartition(self.root, chat_id, source="telegram_desktop", privacy=privacy)
+        self.result.stored_ids[chat_id] = part.chat_id
         cp = part.start(part.load())  # CacheError for a corrupt checkpoint or another chat's
         if cp.title is None and chat is not None:
             cp.title = chat.name
@@ -1175,6 +1190,7 @@ def import_desktop(
     out: str | os.PathLike[str],
     progress: ProgressMode = True,
     batch_size: int = ...,
+    pseudonymise: str | os.PathLike[str] | Pseudonymiser | None = ...,
 ) -> DesktopImportResult: ...
 
 
@@ -1184,6 +1200,7 @@ def import_desktop(
     out: str | os.PathLike[str] | None = None,
     progress: ProgressMode = True,
     batch_size: int = 10_000,
+    pseudonymise: str | os.PathLike[str] | Pseudonymiser | None = None,
 ) -> DesktopRecords | DesktopImportResult:
     """Import a Telegram Desktop export (``result.json`` or its folder) with the schema of an API export.
 
@@ -1198,13 +1215,19 @@ def import_desktop(
     Errors are :class:`~tgkit.errors.TgkitError` subclasses: :class:`DesktopFormatError` (unreadable
     input), ``CacheError`` (a corrupt checkpoint, or one of another chat), ``ExportError`` (``out``
     unusable, a write failed), ``ConfigError`` (a bad argument).
+    ``pseudonymise=KEYFILE`` (with ``out``) writes the rows pseudonymised as ``export_chat`` does
+    (docs/PRIVACY.md); ``media_path`` is then null (the files stay in the Desktop folder, unrenamed).
     """
     from .jupyter import make_progress
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if out is not None:
-        return _import_to_dataset(path_or_dir, out, progress=progress, batch_size=batch_size)
+        return _import_to_dataset(
+            path_or_dir, out, progress=progress, batch_size=batch_size, pseudonymise=pseudonymise
+        )
+    if pseudonymise is not None:
+        raise ConfigError("pseudonymise= needs out=DIR (records in memory are not pseudonymised)")
     batches = DesktopBatches(path_or_dir)
     report = batches.report
     records = DesktopRecords(report=report)
@@ -1230,16 +1253,21 @@ def import_desktop(
 
 
 def _import_to_dataset(
-    path_or_dir: str | Path, out: str | os.PathLike[str], *, progress: ProgressMode, batch_size: int
+    path_or_dir: str | Path,
+    out: str | os.PathLike[str],
+    *,
+    progress: ProgressMode,
+    batch_size: int,
+    pseudonymise: str | os.PathLike[str] | Pseudonymiser | None = None,
 ) -> DesktopImportResult:
     from .jupyter import make_progress
 
     started = time.perf_counter()
     batches = DesktopBatches(path_or_dir, batch_size=batch_size)  # bad input fails before `out` is made
-    root = prepare_output_dir(out)  # upgrades a layout-1 dataset
+    root, pz = prepare_output(out, pseudonymise)  # upgrades a layout-1 dataset; [privacy] checks the key
     report = batches.report
     result = DesktopImportResult(path=root, source=batches.path, report=report)
-    writer = _DatasetWriter(root, result, batches)
+    writer = _DatasetWriter(root, result, batches, pz)
     total = max(1, report.bytes_total)
     try:
         with make_progress(progress, desc=f"importing {batches.path.name}") as bar:

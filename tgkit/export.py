@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -33,15 +34,15 @@ from .dataset import (
     Checkpoint,
     missing_ranges,
     open_dataset,
-    prepare_output_dir,
 )
 from .errors import ConfigError, ExportError, FloodWaitTooLong, TgkitError, write_error, write_errors
 from .jupyter import Progress, ProgressMode, format_rate, format_seconds, make_progress, run_sync
 from .media import media_file_name, normalise_media_kinds, safe_path
 from .metrics import MetricsCollector, ResourceMonitor
 from .pacing import Pacer
+from .privacy import Pseudonymiser, prepare_output  # [privacy] export-time pseudonymisation (#19)
 from .records import MESSAGE_COLUMNS, ColumnBatch, Records
-from .telegram import PAGE, Gateway, chat_id_of, default_pacer, page_peer, page_title
+from .telegram import PAGE, Gateway, chat_id_of, chat_kind_of, default_pacer, page_peer, page_title
 
 if TYPE_CHECKING:
     from .peers import PeerCache
@@ -177,6 +178,13 @@ class _MediaWorker:
         self.result = result
         self.root = root
         self._report: Any = None
+        self.privacy: Any = None  # [privacy] ChatPartition.privacy: files saved under pseudonymous names
+
+    def _disk(self, dest: Path) -> Path:
+        """[privacy] Where the file a row points at (``dest``) is saved: itself, or its pseudonymous name."""
+        if self.privacy is None:
+            return dest
+        return self.root / self.privacy.media_file(dest.relative_to(self.root).as_posix())
 
     def wanted(self, row: tuple) -> bool:
         kind = row[_COL["media_type"]]
@@ -201,12 +209,13 @@ class _MediaWorker:
             return path, error
 
     async def _fetch(self, message: Any, row: tuple) -> tuple[str | None, str | None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
         kind = row[_COL["media_type"]]
         name = media_file_name(message.id, kind, row[_COL["media_file_name"]], row[_COL["media_mime"]])
         dest = safe_path(self.dir, name)
+        disk = self._disk(dest)  # [privacy]
+        disk.parent.mkdir(parents=True, exist_ok=True)
         t0 = self.metrics.start()
-        if not await self.gateway.download(message, dest, peer=self.peer, label=self.label):
+        if not await self.gateway.download(message, disk, peer=self.peer, label=self.label):
             return None, "message or media no longer available"
         self.metrics.stop("download", t0)
         self.result.media_downloaded += 1
@@ -219,7 +228,7 @@ class _MediaWorker:
                 self._report = await asyncio.to_thread(hardware.probe)
             out = dest.with_name(dest.stem + ".720p.mp4")
             try:
-                await video.transcode_async(dest, out, report=self._report)
+                await video.transcode_async(disk, self._disk(out), report=self._report)  # [privacy] _disk
             except TgkitError as exc:
                 return rel, f"transcode failed: {exc}"[:500]
             finally:
@@ -343,6 +352,7 @@ class _Options:
     since: int | None = None  # date window [since, until), epoch seconds UTC; None: open
     until: int | None = None
     comments: bool = False
+    pseudonymiser: Pseudonymiser | None = None  # [privacy] rows pseudonymised before they are written
 
 
 # One writer per chat partition in a process: a corpus run may export a discussion group while a
@@ -472,6 +482,10 @@ class _ExportRun:
 
     def _finish(self, *, failed: bool) -> None:
         result, collector, cache = self.result, self.metrics, self.cache
+        if self.part is not None and self.part.privacy is not None:  # [privacy] no real id or name leaves
+            result.chat_id = self.part.chat_id
+            peer, result.title = self.part.privacy.label(result.peer, result.title)
+            result.peer = peer or result.peer
         if cache is not None:
             with contextlib.suppress(Exception):
                 cache.save()
@@ -508,9 +522,12 @@ class _ExportRun:
         with self.metrics.timer("resolve"):
             self.peer = await gw.resolve(self.chat)
         chat_id = chat_id_of(self.peer)
-        result.chat_id = chat_id
+        result.chat_id = chat_id  # the real id while the run converts rows (_finish: the stored one)
         await self._stack.enter_async_context(_chat_lock(self.root, chat_id))
-        part = self.part = ChatPartition(self.root, chat_id)
+        privacy = None  # [privacy] the partition pseudonymises every row; stored under the chat's pseudonym
+        if opts.pseudonymiser is not None:
+            privacy = opts.pseudonymiser.for_chat(chat_id, chat_kind_of(self.peer))
+        part = self.part = ChatPartition(self.root, chat_id, privacy=privacy)
         cp = part.load() if opts.resume else None
         cp = part.start(cp)
         cp.peer = str(self.chat)
@@ -528,6 +545,7 @@ class _ExportRun:
                 max_bytes=opts.media_max_bytes, concurrency=opts.media_concurrency,
                 transcode=opts.transcode, metrics=self.metrics, progress=bar, result=result,
             )  # fmt: skip
+            self.worker.privacy = privacy  # [privacy]
         if opts.refresh_days and cp.last_id:
             cp = await self._refresh(cp)
         if self.worker is not None and cp.parts and opts.retry_media:
@@ -754,7 +772,7 @@ class _ExportRun:
                 )
                 jobs = []
                 for msg in messages:
-                    row = convert.message_row(msg, part.chat_id)
+                    row = convert.message_row(msg, result.chat_id)  # [privacy] the real id, not part's
                     if row is not None and worker.wanted(row):
                         jobs.append((msg.id, asyncio.create_task(worker.fetch(msg, row))))
                 for msg_id, task in jobs:
@@ -795,7 +813,7 @@ class _ExportRun:
             page = await self._fetch_page(offset)
             m.stop("fetch", t0)
             result.pages += 1
-            view = fastpath.page_rows(page, part.chat_id)
+            view = fastpath.page_rows(page, result.chat_id)  # [privacy] the real id, not part's
             m.count("pages_fast" if view.fast else "pages_telethon")
             if not view.ids:
                 break
@@ -836,7 +854,10 @@ class _ExportRun:
             else pl.DataFrame(schema={"id": pl.Int64, "replies": pl.Int64})
         )
         async with _chat_lock(self.root, group_id):
-            group = ChatPartition(self.root, group_id)
+            pz = self.opts.pseudonymiser  # [privacy] comments are written pseudonymised too
+            group = ChatPartition(
+                self.root, group_id, privacy=pz.for_chat(group_id, "channel") if pz is not None else None
+            )
             gcp = group.start(group.load())
             known = gcp.threads
             todo = [
@@ -948,6 +969,7 @@ async def export_chat(
     since: date | datetime | str | None = None,
     until: date | datetime | str | None = None,
     comments: bool = False,
+    pseudonymise: str | os.PathLike[str] | Pseudonymiser | None = None,
 ) -> ExportResult:
     """Export ``chat`` into the Parquet dataset at ``out`` (oldest to newest, resumable, incremental).
 
@@ -968,11 +990,16 @@ async def export_chat(
     :class:`~tgkit.errors.FloodWaitTooLong` after committing what was fetched.  ``fast_decode=False``
     (or ``TGKIT_FAST_DECODE=0``) reads history pages with Telethon's decoder instead of tgkit's
     columnar fast path (same rows, slower).
+    ``pseudonymise=KEYFILE`` (or a :class:`~tgkit.privacy.Pseudonymiser`) writes the dataset pseudonymised
+    (docs/PRIVACY.md): nothing identifying reaches the disk, a private chat is stored under its pseudonym
+    (``ExportResult.chat_id``), media files under pseudonymous names; a dataset is only continued with
+    the key it was made with (a plain export refuses a pseudonymised dataset and vice versa).
     """
     since_s, until_s = _window_bound(since, "since"), _window_bound(until, "until")
     if since_s is not None and until_s is not None and since_s >= until_s:
         raise ConfigError(f"since ({since}) must be before until ({until})")
-    root = prepare_output_dir(out)  # before any request is sent (upgrades a layout-1 dataset)
+    # before any request is sent (upgrades a layout-1 dataset; [privacy] checks the key against it)
+    root, pz = prepare_output(out, pseudonymise)
     _protect_session_file(client)
     if batch_size < 1:
         raise ConfigError("batch_size must be at least 1")
@@ -993,6 +1020,7 @@ async def export_chat(
         since=since_s,
         until=until_s,
         comments=comments,
+        pseudonymiser=pz,  # [privacy]
     )
     run = _ExportRun(
         client,

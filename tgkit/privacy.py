@@ -39,17 +39,42 @@ from base64 import b32encode
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ._files import atomic_write_bytes
-from .dataset import DICTIONARY_COLUMNS, ChatPartition, Checkpoint
+from .dataset import (
+    _FILE_COLUMNS,
+    CHATS_DIR,
+    CHECKPOINT_NAME,
+    DICTIONARY_COLUMNS,
+    MESSAGES_DIR,
+    PEERS_DIR,
+    STATE_DIR,
+    Checkpoint,
+    _checkpoints,
+    _legacy_chat_row,
+    open_dataset,
+    prepare_output_dir,
+    read_manifest,
+)
+from .dataset import _write_manifest as _write_dataset_manifest
 from .errors import CacheError, ConfigError
-from .records import MESSAGE_COLUMNS
+from .records import (
+    CHAT_DATE_COLUMNS,
+    MESSAGE_COLUMNS,
+    PEER_COLUMNS,
+    PEER_DATE_COLUMNS,
+    arrow_schema,
+    rows_to_arrow,
+    table_schema,
+)
 
 __all__ = [
     "KEY_BYTES",
@@ -111,12 +136,16 @@ MESSAGE_RULES: dict[str, str] = {
 assert tuple(MESSAGE_RULES) == MESSAGE_COLUMNS, "privacy rules and the message schema drifted"
 _KEPT_MESSAGE_COLUMNS = frozenset(c for c, rule in MESSAGE_RULES.items() if rule.startswith("kept"))
 
+# peers/chats columns kept as they are for every row (dates may come as epoch ints from a writer)
 _PEER_KEPT = frozenset(
-    {"kind", "bot", "verified", "scam", "fake", "premium", "deleted", "first_seen", "last_seen"}
+    {"kind", "bot", "verified", "scam", "fake", "premium", "deleted", "first_seen", "last_seen", "source"}
 )
 _CHAT_KEPT = frozenset(
-    {"kind", "participants_count", "created", "first_id", "last_id", "rows", "last_export", "source"}
-)
+    {"kind", "participants_count", "created", "first_id", "last_id", "rows", "last_export", "source",
+     "type", "refreshed_until", "status", "since", "until"}
+)  # fmt: skip
+# where a Desktop export's files are on the researcher's disk: never in a pseudonymised dataset
+_CHAT_DROPPED = frozenset({"media_root"})
 
 # -- text patterns --------------------------------------------------------------------------------
 # A username is 3-32 of [A-Za-z0-9_] here (Telegram: 4/5-32, starting with a letter): matching a little
@@ -148,6 +177,7 @@ _TEXT_HINT = r"(?i)@|t\.me|telegram\.(?:me|dog)|tg://"
 _SPAN_TYPES = frozenset({"mention", "mention_name", "input_mention_name", "phone", "email"})
 
 _F = TypeVar("_F")
+_FILE_SCHEMA = pa.schema([arrow_schema().field(c) for c in _FILE_COLUMNS])  # a message part, chat_id aside
 
 
 def _load_key(key_file: str | os.PathLike[str]) -> bytes:
@@ -606,7 +636,7 @@ class Pseudonymiser:
                 new.append(self._ids(s, pl.Series(["channel"] * df.height, dtype=pl.String)))
             elif name == "username":
                 new.append(where(pseud, self._strings(s, self.username), s))
-            elif name in ("first_name", "title") and ids is not None:
+            elif name in ("first_name", "title", "name") and ids is not None:
                 names = pl.Series(
                     name,
                     [
@@ -615,8 +645,15 @@ class Pseudonymiser:
                     ],
                     dtype=pl.String,
                 )
-                mask = pseud & (is_user if name == "first_name" else ~is_user)
+                if name == "first_name":
+                    mask = pseud & is_user
+                elif name == "title" and table == "peers":  # a user's title is null
+                    mask = pseud & ~is_user
+                else:  # chats.title of any pseudonymised chat, peers.name (the shown name)
+                    mask = pseud
                 new.append(where(mask, names, where(pseud, null, s)))
+            elif table == "chats" and name in _CHAT_DROPPED:
+                new.append(null)
             elif name in kept_cols or s.dtype == pl.Boolean or s.dtype.is_temporal():
                 continue
             else:  # last_name, phone, about, and any column not known to be harmless
@@ -630,9 +667,9 @@ class Pseudonymiser:
         return self._peer_like(df, kept_cols=_CHAT_KEPT, table="chats")
 
     def check_output(self, out: str | os.PathLike[str]) -> None:
-        """Raise :class:`~tgkit.ConfigError` unless pseudonymised rows may be written to ``out``: it is missing,
+        """Raise :class:`~tgkit.ConfigError` unless :func:`pseudonymise` may replace ``out``: it is missing,
         empty, or a dataset pseudonymised with this key (and ``keep``).  Never mixes plain and pseudonymised
-        rows, nor two keys (the export writer calls this before its first part)."""
+        rows, nor two keys.  (Writers continuing a dataset check with ``prepare_output_dir(privacy=...)``.)"""
         path = Path(out).expanduser()
         if not path.exists():
             return
@@ -641,15 +678,21 @@ class Pseudonymiser:
         if not any(path.iterdir()):
             return
         try:
-            layout = _detect_layout(path)
-        except ConfigError:
-            raise ConfigError(
-                f"{path} is not empty and not a tgkit dataset; choose an empty folder"
-            ) from None
-        if not self.check_manifest(_read_manifest(path, layout), what=str(path)):
+            manifest = read_manifest(path)
+        except CacheError as exc:
+            raise ConfigError(f"{path} holds an unreadable manifest; choose an empty folder") from exc
+        if not manifest:
+            raise ConfigError(f"{path} is not empty and not a tgkit dataset; choose an empty folder")
+        if not self.check_manifest(manifest, what=str(path)):
             raise ConfigError(
                 f"{path} holds a dataset that is not pseudonymised; refusing to mix it with pseudonyms"
             )
+
+    def for_chat(self, chat_id: int, kind: str | None, *, media_paths: bool = True) -> _ChatPrivacy:
+        """The hook a :class:`~tgkit.dataset.ChatPartition` writes one chat through (export-time
+        pseudonymisation): the chat of ``kind`` is stored under its pseudonym unless kept.
+        ``media_paths=False`` nulls ``media_path`` (files that are not in the dataset, e.g. Desktop's)."""
+        return _ChatPrivacy(self, chat_id, kind if kind in _PEER_KINDS else "user", media_paths)
 
     # -- manifest ------------------------------------------------------------------------------------------
 
@@ -782,72 +825,117 @@ def _apply(frame: _F, fn: Callable[[pl.DataFrame], pl.DataFrame]) -> _F:
 
 
 # ==================================================================================================
+# Export-time pseudonymisation: the hook a ChatPartition writes through
+
+
+@dataclass(slots=True)
+class _ChatPrivacy:
+    """One chat's pseudonymisation at write time (:meth:`Pseudonymiser.for_chat`), the
+    :class:`tgkit.dataset.ChatPrivacy` a :class:`~tgkit.dataset.ChatPartition` calls before it writes."""
+
+    pz: Pseudonymiser
+    source_id: int
+    kind: str
+    media_paths: bool = True
+    chat_id: int = 0  # the id the chat is stored under
+
+    def __post_init__(self) -> None:
+        self.pz.add_peer(self.source_id, self.kind)
+        self.chat_id = self.pz.peer_id(self.source_id, self.kind)
+
+    def __repr__(self) -> str:
+        return f"_ChatPrivacy(chat_id={self.chat_id}, kind={self.kind!r}, {self.pz!r})"
+
+    def messages(self, frame: _F) -> _F:
+        pz = self.pz
+        if isinstance(frame, pa.Table):
+            names = frame.column_names
+            out = pz.messages(frame.drop_columns(["chat_id"]) if "chat_id" in names else frame)
+            if not self.media_paths and "media_path" in names:
+                i = out.schema.get_field_index("media_path")
+                out = out.set_column(i, out.schema.field(i), pa.nulls(out.num_rows, pa.string()))
+            if "chat_id" in names:
+                i = names.index("chat_id")
+                out = out.add_column(
+                    i, frame.schema.field(i), pa.array([self.chat_id] * out.num_rows, pa.int64())
+                )
+            return out  # type: ignore[return-value]
+        if isinstance(frame, pl.DataFrame):
+            cols = frame.columns
+            df = pz.messages(frame.drop("chat_id") if "chat_id" in cols else frame)
+            if not self.media_paths and "media_path" in cols:
+                df = df.with_columns(pl.lit(None, pl.String).alias("media_path"))
+            if "chat_id" in cols:
+                df = df.with_columns(pl.lit(self.chat_id, pl.Int64).alias("chat_id")).select(cols)
+            return df  # type: ignore[return-value]
+        raise TypeError(f"expected an Arrow table or a Polars DataFrame, got {type(frame).__name__}")
+
+    def peers(self, rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        if not rows:
+            return []
+        table = rows_to_arrow("peers", rows)
+        self.pz.learn_peers(table.select(["id", "kind", "username"]))  # before the messages they explain
+        out = self.pz.peers(table).to_pylist()
+        return [[_epoch_s(r[c]) if c in PEER_DATE_COLUMNS else r[c] for c in PEER_COLUMNS] for r in out]
+
+    def chat(self, fields: dict[str, Any]) -> dict[str, Any]:
+        if not fields:
+            return {}
+        schema = table_schema("chats")
+        row = {"id": self.source_id, "kind": self.kind}
+        row.update((k, v) for k, v in fields.items() if k not in ("id", "kind"))
+        arrays = {
+            k: pa.array([v], pa.int64() if k in CHAT_DATE_COLUMNS else schema.field(k).type)
+            for k, v in row.items()
+        }
+        out = self.pz.chats(pl.DataFrame(pl.from_arrow(pa.table(arrays)))).row(0, named=True)
+        return {k: (v if k == "kind" else out[k]) for k, v in fields.items() if k != "id"}
+
+    def label(self, peer: str | None, title: str | None) -> tuple[str | None, str | None]:
+        if self.pz.kept(self.kind):
+            return peer, title
+        return str(self.chat_id), self.pz.display_name(self.source_id, self.kind)
+
+    def manifest(self) -> dict[str, Any]:
+        return self.pz.manifest_entry()
+
+    def manifest_extra(self, extra: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in extra.items() if k not in _CHAT_DROPPED}
+
+    def media_file(self, path: str) -> str:
+        """Where the file a plain row would point at (``path``, relative to the dataset) is saved."""
+        return self.pz.media_path(path)
+
+
+def _epoch_s(v: Any) -> Any:
+    return int(v.timestamp()) if isinstance(v, datetime) else v
+
+
+def prepare_output(
+    out: str | os.PathLike[str], pseudonymise: str | os.PathLike[str] | Pseudonymiser | None
+) -> tuple[Path, Pseudonymiser | None]:
+    """The writers' start (export, Desktop import): :func:`~tgkit.dataset.prepare_output_dir`, checked
+    against the key (``pseudonymise``: a key file or a :class:`Pseudonymiser`; None for plain rows) before
+    any request, and the pseudonymiser that writes the rows, knowing the dataset's kept channels."""
+    if pseudonymise is None:
+        return prepare_output_dir(out), None
+    if isinstance(pseudonymise, Pseudonymiser):
+        pz = pseudonymise
+    else:
+        key_path = Path(pseudonymise).expanduser().resolve()
+        root = Path(out).expanduser().resolve()
+        if root == key_path.parent or root in key_path.parents:
+            raise ConfigError(f"the key file must not be stored in the dataset ({root}); keep it elsewhere")
+        pz = Pseudonymiser(key_path)
+    root = prepare_output_dir(out, privacy=pz.manifest_entry())
+    if pz.keep:  # a channel's @handle is kept in every chat once the dataset knows it
+        kept = open_dataset(root, table="peers").filter(pl.col("kind").is_in(["channel", "chat"]))
+        pz.learn_peers(kept.select("id", "kind", "username").collect())
+    return root, pz
+
+
+# ==================================================================================================
 # Datasets
-
-
-@dataclass(slots=True)
-class _Layout:
-    """Where a dataset's tables live.  The one seam to adapt when the layout changes (v2: ds, issue 14)."""
-
-    version: int
-    manifest: str  # file name of the manifest under the root
-    messages: str  # folder of the chat_id=<id> partitions, relative to the root ("" in layout 1)
-    tables: tuple[str, ...] = ()  # other table folders (v2: peers, chats)
-
-
-_V1 = _Layout(1, "manifest.json", "")
-_V2 = _Layout(2, "_manifest.json", "messages", ("peers", "chats"))
-
-
-def _detect_layout(root: Path) -> _Layout:
-    if (root / "messages").is_dir() or (root / _V2.manifest).is_file():
-        return _V2
-    if (root / _V1.manifest).is_file() or any(root.glob("chat_id=*")):
-        return _V1
-    raise ConfigError(f"{root} is not a tgkit dataset (no manifest, no chat_id=<id> folders)")
-
-
-def _read_manifest(root: Path, layout: _Layout) -> dict[str, Any]:
-    path = root / layout.manifest
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CacheError(f"manifest {path} is unreadable or corrupt ({type(exc).__name__})") from exc
-    if not isinstance(data, dict):
-        raise CacheError(f"manifest {path} is not a JSON object")
-    return data
-
-
-@dataclass(slots=True)
-class _ChatFiles:
-    chat_id: int
-    files: list[Path]
-    checkpoint: Checkpoint | None
-
-
-def _message_chats(root: Path, layout: _Layout) -> list[_ChatFiles]:
-    """Each chat's committed parts, in chat then part order (parts without a checkpoint: every part)."""
-    base = root / layout.messages if layout.messages else root
-    out = []
-    for chat_dir in sorted(base.glob("chat_id=*")):
-        try:
-            chat_id = int(chat_dir.name.split("=", 1)[1])
-        except ValueError:
-            continue
-        if not chat_dir.is_dir():
-            continue
-        cp = ChatPartition(base, chat_id).load()
-        files = (
-            [chat_dir / p for p in cp.parts] if cp is not None else sorted(chat_dir.glob("part-*.parquet"))
-        )
-        out.append(_ChatFiles(chat_id, files, cp))
-    return out
-
-
-def _table_files(root: Path, table: str) -> list[Path]:
-    return sorted((root / table).rglob("*.parquet")) if (root / table).is_dir() else []
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
@@ -862,7 +950,6 @@ class _Run:
     pz: Pseudonymiser
     src: Path
     tmp: Path
-    layout: _Layout
     copy_media: bool
     rows: dict[str, int] = field(default_factory=dict)
     media_copied: int = 0
@@ -880,12 +967,14 @@ def pseudonymise(
     """Write a pseudonymised copy of the dataset ``src`` to ``out`` and return ``out``.
 
     Every table is rewritten with a :class:`Pseudonymiser` built from ``key_file`` (created when missing;
-    it must live outside both datasets).  ``peers`` (a frame with ``id``, ``kind``, ``username``) adds
-    what is known about peers to the dataset's own peers/chats tables: a layout-1 dataset has none, so its
-    chats and @handles are treated as users' unless ``peers`` says otherwise.  Media files are not copied
-    unless ``copy_media`` (their content can identify people); without them ``media_path`` is null.
-    ``_metrics``/``_plots`` are not copied.  ``out`` is replaced only when it is empty or a pseudonymised
-    dataset made with the same key; ``src`` already pseudonymised is refused.
+    it must live outside both datasets).  ``out`` is a layout-2 dataset (``src`` may be of layout 1 or 2)
+    that :func:`~tgkit.open_dataset` reads and that an export with the same key (``pseudonymise=``) can
+    continue.  Kinds and usernames come from ``src``'s peers and chats tables; ``peers`` (a frame with
+    ``id``, ``kind``, ``username``) adds to them: a layout-1 dataset has none, so its chats and @handles
+    are treated as users' unless ``peers`` says otherwise (a chat whose own id posts is a channel).
+    Media files are not copied unless ``copy_media`` (their content can identify people); without them
+    ``media_path`` is null.  ``_metrics``/``_plots`` are not copied.  ``out`` is replaced only when it is
+    empty or a pseudonymised dataset made with the same key; ``src`` already pseudonymised is refused.
     """
     src_path = Path(src).expanduser().resolve()
     out_path = Path(out).expanduser().resolve()
@@ -898,34 +987,38 @@ def pseudonymise(
         if root == key_path.parent or root in key_path.parents:
             raise ConfigError(f"the key file must not be stored in a dataset ({root}); keep it elsewhere")
     pz = Pseudonymiser(key_path, keep=keep)
-    layout = _detect_layout(src_path)
-    manifest = _read_manifest(src_path, layout)
+    manifest = read_manifest(src_path)
+    chats = _checkpoints(src_path)
+    if not manifest and not chats:
+        raise ConfigError(f"{src_path} is not a tgkit dataset (no manifest, no committed chats)")
     if pz.check_manifest(manifest, what=f"source {src_path}"):
         raise ConfigError(f"source {src_path} is already pseudonymised (with this key); copy it instead")
     pz.check_output(out_path)
 
-    for table in layout.tables:  # learn kinds and usernames first: text rewriting depends on them
-        for path in _table_files(src_path, table):
-            names = pq.read_schema(path).names
-            pz.learn_peers(pq.read_table(path, columns=[c for c in ("id", "kind", "username") if c in names]))
+    # learn kinds and usernames first: ids of chats and the rewriting of @handles depend on them
+    pz.learn_peers(open_dataset(src_path, table="peers").select("id", "kind", "username").collect())
+    known = open_dataset(src_path, table="chats").select("id", "kind", "username").collect()
+    pz.learn_peers(known.filter(pl.col("kind").is_not_null()))
     if peers is not None:
         pz.learn_peers(peers)
-    chats = _message_chats(src_path, layout)
     _learn_channel_chats(pz, chats)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
     try:
-        run = _Run(pz, src_path, tmp, layout, copy_media)
-        new_chats = {}
-        for chat in chats:
-            new_chats[chat.chat_id] = _write_chat(run, chat)
-        for table in layout.tables:
-            for path in _table_files(src_path, table):
-                t = pz.table(table, pq.read_table(path))
-                _write_parquet(t, tmp / path.relative_to(src_path))
-                run.rows[table] = run.rows.get(table, 0) + t.num_rows
-        _write_manifest(run, manifest, new_chats)
+        run = _Run(pz, src_path, tmp, copy_media)
+        entries: dict[str, Any] = {}
+        old = manifest.get("chats") if isinstance(manifest.get("chats"), dict) else {}
+        for cp, parts_dir, _legacy in chats:
+            new = _write_chat(run, cp, parts_dir)
+            entry = old.get(str(cp.chat_id)) if isinstance(old, dict) else None
+            entries[str(new.chat_id)] = _manifest_entry(entry if isinstance(entry, dict) else {}, new)
+        privacy = {
+            **pz.manifest_entry(),
+            "rows": dict(sorted(run.rows.items())),
+            "media_copied": run.media_copied,
+        }
+        _write_dataset_manifest(tmp, entries, privacy)
         _swap_into_place(tmp, out_path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -933,51 +1026,86 @@ def pseudonymise(
     return out_path
 
 
-def _learn_channel_chats(pz: Pseudonymiser, chats: list[_ChatFiles]) -> None:
+def _learn_channel_chats(pz: Pseudonymiser, chats: list[tuple[Checkpoint, Path, bool]]) -> None:
     """A chat whose own id posts (sender_kind channel, sender_id = chat_id) is a channel, whatever is known."""
-    for chat in chats:
-        if chat.chat_id in pz._peer_kinds or not chat.files:
+    for cp, parts_dir, _ in chats:
+        if cp.chat_id in pz._peer_kinds or not cp.parts:
             continue
         posts = (
-            pl.scan_parquet([str(p) for p in chat.files])
-            .filter((pl.col("sender_kind") == "channel") & (pl.col("sender_id") == chat.chat_id))
+            pl.scan_parquet([str(parts_dir / p) for p in cp.parts], hive_partitioning=False)
+            .filter((pl.col("sender_kind") == "channel") & (pl.col("sender_id") == cp.chat_id))
             .select(pl.len())
             .collect()
             .item()
         )
         if posts:
-            pz.add_peer(chat.chat_id, "channel")
+            pz.add_peer(cp.chat_id, "channel")
 
 
-def _write_chat(run: _Run, chat: _ChatFiles) -> int:
-    pz, layout = run.pz, run.layout
-    kind = pz.chat_kind(chat.chat_id)
-    new_id = pz.peer_id(chat.chat_id, kind)
-    base = run.tmp / layout.messages if layout.messages else run.tmp
-    part = ChatPartition(base, new_id)
-    cp = part.start(None)
-    last_id = chat.checkpoint.last_id if chat.checkpoint is not None else 0
-    for path in chat.files:
-        source = pq.read_table(path)
+def _write_chat(run: _Run, src_cp: Checkpoint, parts_dir: Path) -> Checkpoint:
+    """One chat of the source, pseudonymised into the layout-2 tree at ``run.tmp``; returns its checkpoint."""
+    pz = run.pz
+    chat_id = src_cp.chat_id
+    kind = pz.chat_kind(chat_id)
+    new_id = pz.peer_id(chat_id, kind)
+    first_id = 0
+    for name in src_cp.parts:
+        source = pq.read_table(parts_dir / name)
+        if "chat_id" in source.column_names:  # layout 1 stored it in the files
+            source = source.drop_columns(["chat_id"])
+        source = source.cast(_FILE_SCHEMA)
         table = pz.messages(source)
-        if "media_path" in table.column_names:
-            table = _media_paths(run, source, table)
-        cp, _ = part.write_part(cp, table, last_id=last_id)
+        table = _media_paths(run, source, table)
+        _write_parquet(table, run.tmp / MESSAGES_DIR / f"chat_id={new_id}" / name)
         run.rows["messages"] = run.rows.get("messages", 0) + table.num_rows
-    src_cp = chat.checkpoint
-    if src_cp is not None:  # the source's bookkeeping, so the copy is reproducible byte for byte
-        cp.peer, cp.title = _chat_label(pz, chat.chat_id, kind, src_cp.peer, src_cp.title)
-        cp.updated_at, cp.refreshed_until = src_cp.updated_at, src_cp.refreshed_until
-    part.commit(cp)
-    return new_id
+        if table.num_rows:
+            low = pc.min(table["id"]).as_py()
+            first_id = min(first_id, low) if first_id else low
+    peers_name = chat_name = None
+    if src_cp.peers_file:
+        peers_name = f"c{new_id}-{src_cp.peers_file[-14:]}"
+        table = pz.peers(pq.read_table(run.src / PEERS_DIR / src_cp.peers_file))
+        _write_parquet(table, run.tmp / PEERS_DIR / peers_name)
+        run.rows["peers"] = run.rows.get("peers", 0) + table.num_rows
+    if src_cp.chat_file:
+        chat = pq.read_table(run.src / CHATS_DIR / src_cp.chat_file)
+    else:  # layout 1: the row open_dataset shows for it
+        chat = rows_to_arrow("chats", [_legacy_chat_row(src_cp, run.src)])
+    # the chat's own kind decides its id everywhere (a chats row of an unknown kind is the safe one's)
+    kinds = pa.array([kind] * chat.num_rows, pa.string())
+    chat = chat.set_column(chat.schema.get_field_index("kind"), "kind", kinds)
+    chat = pz.chats(chat)
+    chat_name = f"c{new_id}-{src_cp.chat_file[-14:] if src_cp.chat_file else '000001.parquet'}"
+    _write_parquet(chat, run.tmp / CHATS_DIR / chat_name)
+    run.rows["chats"] = run.rows.get("chats", 0) + chat.num_rows
+    label = (src_cp.peer, src_cp.title)
+    if not pz.kept(kind):
+        label = (str(new_id), pz.display_name(chat_id, kind))
+    cp = Checkpoint(
+        new_id, src_cp.last_id, list(src_cp.parts), src_cp.rows, label[0], label[1], src_cp.updated_at,
+        src_cp.refreshed_until, src_cp.first_id or first_id, peers_name, chat_name,
+    )  # fmt: skip
+    # what the source had complete stays complete (windows, comment threads), so a continued export
+    # fetches only what the source was missing
+    cp.ranges = [list(r) for r in src_cp.ranges] or ([[1, src_cp.last_id]] if src_cp.last_id else [])
+    cp.threads = {post: list(v) for post, v in src_cp.threads.items()}
+    cp.ordered = src_cp.ordered
+    state = run.tmp / STATE_DIR / f"chat_id={new_id}"
+    state.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(state / CHECKPOINT_NAME, json.dumps(cp.to_dict(), indent=1).encode(), mode=0o644)
+    return cp
 
 
-def _chat_label(
-    pz: Pseudonymiser, chat_id: int, kind: str, peer: str | None, title: str | None
-) -> tuple[str | None, str | None]:
-    if pz.kept(kind):
-        return peer, title
-    return str(pz.peer_id(chat_id, kind)), pz.display_name(chat_id, kind)
+_ENTRY_KEYS = ("rows", "last_id", "parts", "updated_at", "source", "type")  # no names, links or folders
+
+
+def _manifest_entry(old: dict[str, Any], cp: Checkpoint) -> dict[str, Any]:
+    entry = {k: old[k] for k in _ENTRY_KEYS if k in old}
+    entry.update(
+        {"dir": f"{MESSAGES_DIR}/chat_id={cp.chat_id}", "rows": cp.rows, "last_id": cp.last_id,
+         "parts": len(cp.parts), "peer": cp.peer, "title": cp.title, "updated_at": cp.updated_at}
+    )  # fmt: skip
+    return entry
 
 
 def _media_paths(run: _Run, source: pa.Table, table: pa.Table) -> pa.Table:
@@ -999,40 +1127,6 @@ def _media_paths(run: _Run, source: pa.Table, table: pa.Table) -> pa.Table:
             run.media_copied += 1
     index = table.schema.get_field_index("media_path")
     return table.set_column(index, table.schema.field(index), pa.array(paths, pa.string()))
-
-
-_MANIFEST_KEYS = frozenset({"format", "version", "kind", "columns", "schema", "layout", "tables"})
-
-
-def _write_manifest(run: _Run, manifest: dict[str, Any], new_chats: dict[int, int]) -> None:
-    pz = run.pz
-    # top-level keys known to hold no names; anything else (a later layout's additions) is left out
-    # rather than copied blind: the lead/ds extends this list when v2's manifest lands
-    out = {k: v for k, v in manifest.items() if k in _MANIFEST_KEYS}
-    old = manifest.get("chats") if isinstance(manifest.get("chats"), dict) else {}
-    chats: dict[str, Any] = {}
-    for chat_id, new_id in new_chats.items():
-        entry = old.get(str(chat_id)) if isinstance(old, dict) else None
-        entry = dict(entry) if isinstance(entry, dict) else {}
-        kind = pz.chat_kind(chat_id)
-        if not pz.kept(kind):  # a private chat: keep only counts, never names, links or folders
-            entry = {
-                k: v for k, v in entry.items() if k in ("rows", "last_id", "parts", "updated_at", "source")
-            }
-            entry["peer"], entry["title"] = _chat_label(pz, chat_id, kind, None, None)
-        entry["dir"] = f"chat_id={new_id}"
-        chats[str(new_id)] = entry
-    out["chats"] = chats
-    out["privacy"] = {
-        **pz.manifest_entry(),
-        "rows": dict(sorted(run.rows.items())),
-        "media_copied": run.media_copied,
-    }
-    if "format" not in out:
-        out.update({"format": "tgkit.dataset", "version": run.layout.version, "kind": "manifest"})
-    atomic_write_bytes(
-        run.tmp / run.layout.manifest, json.dumps(out, indent=1, ensure_ascii=False).encode(), mode=0o644
-    )
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

@@ -58,6 +58,7 @@ __all__ = [
     "PAGE",
     "Gateway",
     "chat_id_of",
+    "chat_kind_of",
     "default_pacer",
     "page_peer",
     "page_title",
@@ -179,6 +180,15 @@ def page_peer(page: Any, chat_id: int) -> Any:
         if getattr(c, "id", None) == chat_id and isinstance(c, types.Channel) and c.access_hash is not None:
             return types.InputPeerChannel(c.id, c.access_hash)
     return None
+
+
+def chat_kind_of(peer: Any) -> str:
+    """The kind (``user``/``channel``/``chat``) of a resolved chat, as the peers and chats tables name it."""
+    if isinstance(peer, types.InputPeerChannel):
+        return "channel"
+    if isinstance(peer, types.InputPeerChat):
+        return "chat"
+    return "user"
 
 
 def page_title(page: Any, chat_id: int) -> str | None:
