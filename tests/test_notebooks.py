@@ -23,6 +23,7 @@ EXPECTED = (
     "03_slots_vs_dicts.ipynb",
     "04_vaapi_vs_cpu.ipynb",
     "05_peer_cache.ipynb",
+    "06_corpus.ipynb",
 )
 # A cell that calls a plotting function or touches a matplotlib figure must show an image.
 PLOT_CALL = re.compile(r"\bplt\.|\bplot_stages\(|\bplot_resources\(|\bfig\b|\bax\w*\.(plot|bar|barh)\(")
