@@ -472,24 +472,12 @@ class Gateway:
         With ``chat_id`` (the dataset's id for the rows), the page is read by the columnar fast path
         (``fast`` / ``TGKIT_FAST_DECODE``, default on; see :mod:`tgkit.fastpath`) and consumed with
         :func:`tgkit.fastpath.page_rows`."""
-        if chat_id is not None:
-            from .fastpath import history_request
+        from .fastpath import history_request
 
-            request = history_request(
-                peer, chat_id=chat_id, offset_id=offset_id, add_offset=add_offset, limit=limit,
-                offset_date=offset_date, min_id=min_id, max_id=max_id, fast=fast,
-            )  # fmt: skip
-        else:
-            request = functions.messages.GetHistoryRequest(
-                peer=peer,
-                offset_id=offset_id,
-                offset_date=offset_date,
-                add_offset=add_offset,
-                limit=limit,
-                max_id=max_id,
-                min_id=min_id,
-                hash=0,
-            )
+        request = history_request(
+            peer, chat_id=chat_id or 0, offset_id=offset_id, add_offset=add_offset, limit=limit,
+            offset_date=offset_date, min_id=min_id, max_id=max_id, fast=fast if chat_id is not None else False,
+        )  # fmt: skip
         return await self.call(request, peer=label, takeout=takeout)
 
     async def replies(
