@@ -1,6 +1,6 @@
 """Helpers for the reliability and crash-resume tests; also a child script for kill -9 tests.
 
-As a script: ``python tests/helpers_export.py OUT SEED MESSAGES BATCH`` exports ``@tgkit_demo`` of
+As a script: ``python tests/helpers_export.py OUT SEED MESSAGES BATCH [LATENCY]`` exports ``@tgkit_demo`` of
 ``World(seed=SEED, channel_messages=MESSAGES, group_messages=10, media=False)`` into OUT (resuming
 whatever is there) and exits 0.  The parent kills it at random moments and reruns it.
 """
@@ -57,13 +57,25 @@ def assert_same_rows(got: str | Path, expected: str | Path) -> None:
     assert_frame_equal(a, b)
 
 
-def _child(out: str, seed: int, messages: int, batch: int) -> None:
+def _child(out: str, seed: int, messages: int, batch: int, latency: float = 0.0) -> None:
     async def run() -> None:
         world = World(seed=seed, channel_messages=messages, group_messages=10, media=False)
-        await export_world(world, out, batch_size=batch)
+        # latency: each request's round trip, so a kill test's sub-second delays land across the export
+        # (the fast path exports tens of thousands of messages a second without it)
+        client = await connect_demo(world=world, latency=latency)
+        try:
+            await export_world(world, out, batch_size=batch, client=client)
+        finally:
+            await client.disconnect()
 
     asyncio.run(run())
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    _child(
+        sys.argv[1],
+        int(sys.argv[2]),
+        int(sys.argv[3]),
+        int(sys.argv[4]),
+        float(sys.argv[5] if len(sys.argv) > 5 else 0),
+    )

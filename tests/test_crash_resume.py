@@ -29,11 +29,12 @@ CHILD = Path(__file__).with_name("helpers_export.py")
 MESSAGES = 20_000
 BATCH = 1_000
 KILLS = 20
+LATENCY = 0.01  # s per request: ~10k msg/s, so a 0-0.3 s sub-delay kills within about three parts
 WORLD_SEED = 13
 
 
 def _child(out: Path) -> subprocess.Popen[bytes]:
-    args = [sys.executable, str(CHILD), str(out), str(WORLD_SEED), str(MESSAGES), str(BATCH)]
+    args = [sys.executable, str(CHILD), str(out), str(WORLD_SEED), str(MESSAGES), str(BATCH), str(LATENCY)]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
