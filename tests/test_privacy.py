@@ -508,6 +508,10 @@ def test_a_pseudonymised_export_resumes_and_continues_consistently(world: World,
     assert results[2].chat_id >= PSEUDONYM_ID_BASE and str(SELF_ID) not in repr(results[2])
     asyncio.run(_export(grown, plain, every))
     _assert_structure_survives(plain, out, grown)
+    # a refresh re-reads plain rows and merges them with the committed pseudonymised ones
+    (refreshed,) = asyncio.run(_export(grown, out, ("@tgkit_demo",), pseudonymise=key, refresh_days=1))
+    assert refreshed.refreshed > 0 and refreshed.messages == 0
+    _assert_structure_survives(plain, out, grown)
     df = tgkit.open_dataset(out).collect()
     assert df.select("chat_id", "id").is_duplicated().sum() == 0
     for path in (out / "peers").glob("*.parquet"):  # one row per peer and chat, as in a plain dataset
